@@ -1,0 +1,500 @@
+"""Till configuration: read a TOML file, check every key, build immutable settings.
+
+``load_settings()`` reads ``config.example.toml`` shipped inside the package (the demo shop);
+``load_settings(path)`` reads a shop's own file. Any problem raises :class:`ConfigError`, whose
+message is one line naming the file, the dotted key and what is wrong, e.g.::
+
+    /etc/pos-loyalty.toml: programs[1].required: must be a positive integer, got 'nine'
+
+Validation: pydantic owns the structure (nesting, unknown keys via ``extra="forbid"``, missing
+keys, error locations); each leaf type is an ``Annotated`` type whose small validator checks
+the exact TOML type and range and words the error for a shop owner. Pydantic's own messages
+("Input should be a valid integer, unable to parse string...") and its lax coercions
+("9" -> 9, true -> 1) are both wrong for a config file, hence those validators.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+
+from pos_loyalty.domain.programs import (
+    PointsProgram,
+    Program,
+    ProgramSet,
+    StampBasis,
+    StampCardProgram,
+    StampReward,
+    WelcomeProgram,
+)
+
+__all__ = [
+    "ConfigError",
+    "OfflineLimits",
+    "ReaderConfig",
+    "Settings",
+    "SyncConfig",
+    "embedded_default_text",
+    "load_settings",
+    "EMBEDDED_SOURCE",
+    "READER_KINDS",
+]
+
+EMBEDDED_SOURCE = "<embedded default>"
+READER_KINDS = ("keyboard", "serial", "hidraw", "usb", "evdev", "webcam")
+_APP_NAME = "pos-loyalty"
+
+
+class ConfigError(Exception):
+    """A configuration problem. ``str(e)`` is one line: ``<file>: <key>: <what is wrong>``.
+
+    ``key`` is a dotted path such as ``api.port`` or ``programs[1].required``; it is ``""``
+    when the problem concerns the file as a whole (unreadable), and ``line N`` for malformed
+    TOML.
+    """
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        parts = [file, key, problem] if key else [file, problem]
+        super().__init__(": ".join(parts))
+
+
+# --------------------------------------------------------------------------- settings records
+
+
+@dataclass(frozen=True)
+class OfflineLimits:
+    """Most points that may be redeemed per day at this till while offline (0 = none)."""
+
+    points_per_card_per_day: int
+    points_per_terminal_per_day: int
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """One card reader: ``kind`` is one of :data:`READER_KINDS`; ``url`` where it is."""
+
+    name: str
+    kind: str
+    url: str | None
+    options: Mapping[str, object]
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    server_url: str | None
+    enabled: bool
+    interval_seconds: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    terminal_id: str
+    store_id: str
+    shop_name: str
+    currency: str
+    card_prefix: str
+    data_dir: Path
+    api_host: str
+    api_port: int
+    max_body_bytes: int
+    max_clock_skew_seconds: int
+    offline: OfflineLimits
+    readers: tuple[ReaderConfig, ...]
+    sync: SyncConfig
+    programs: ProgramSet
+    source: str  # path of the file read, or EMBEDDED_SOURCE
+
+
+# --------------------------------------------------------------------------- leaf validators
+
+
+def _show(value: object) -> str:
+    """A TOML-ish rendering of a bad value for an error message, kept short."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, dict):
+        text = "a table"
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _checked(check: Callable[[Any], bool], what: str) -> PlainValidator:
+    """A pydantic validator accepting values that pass ``check`` exactly as TOML gave them."""
+
+    def validate(value: Any) -> Any:
+        if not check(value):
+            raise ValueError(f"must be {what}, got {_show(value)}")
+        return value
+
+    return PlainValidator(validate)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_at_least(low: int, high: int | None, what: str) -> PlainValidator:
+    return _checked(lambda v: _is_int(v) and v >= low and (high is None or v <= high), what)
+
+
+def _matching(pattern: str, what: str) -> PlainValidator:
+    compiled = re.compile(pattern)
+    return _checked(lambda v: isinstance(v, str) and compiled.fullmatch(v) is not None, what)
+
+
+def _one_of(choices: Sequence[str]) -> PlainValidator:
+    what = "one of " + ", ".join(repr(c) for c in choices)
+    return _checked(lambda v: isinstance(v, str) and v in choices, what)
+
+
+def _is_text_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_optional_url(value: object) -> bool:
+    return isinstance(value, str) and (value == "" or _URL_RE.fullmatch(value) is not None)
+
+
+_URL_RE = re.compile(r"https?://[^\s/]+(/\S*)?")
+
+PosInt = Annotated[int, _int_at_least(1, None, "a positive integer")]
+NonNegInt = Annotated[int, _int_at_least(0, None, "zero or a positive integer")]
+PortInt = Annotated[int, _int_at_least(1, 65535, "a port number from 1 to 65535")]
+Text = Annotated[str, _checked(lambda v: isinstance(v, str), "text in quotes")]
+NonEmptyText = Annotated[
+    str, _checked(lambda v: isinstance(v, str) and v.strip() != "", "non-empty text")
+]
+Flag = Annotated[bool, _checked(lambda v: isinstance(v, bool), "true or false")]
+TextList = Annotated[list[str], _checked(_is_text_list, 'a list of texts such as ["a", "b"]')]
+Ident = Annotated[
+    str,
+    _matching(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "an id of letters, digits, '.', '_' or '-'"),
+]
+Currency = Annotated[
+    str, _matching(r"[A-Z]{3}", "3 capital letters (an ISO 4217 code such as 'EUR')")
+]
+CardPrefix = Annotated[str, _matching(r"[A-Z]{1,4}", "1 to 4 capital letters")]
+OptionalUrl = Annotated[str, _checked(_is_optional_url, '"" or an http:// or https:// address')]
+ReaderKind = Annotated[str, _one_of(READER_KINDS)]
+StampBasisName = Annotated[str, _one_of([b.value for b in StampBasis])]
+StampRewardName = Annotated[str, _one_of([r.value for r in StampReward])]
+
+
+# --------------------------------------------------------------------------- file schema
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Terminal(_Section):
+    id: Ident
+    store_id: Ident = "store-1"
+
+
+class _Shop(_Section):
+    name: Text = ""
+    currency: Currency
+    card_prefix: CardPrefix = "PL"
+
+
+class _Storage(_Section):
+    data_dir: Text = ""
+
+
+class _Api(_Section):
+    host: NonEmptyText = "127.0.0.1"
+    port: PortInt = 8765
+    max_body_bytes: PosInt = 65536
+    max_clock_skew_seconds: NonNegInt = 300
+
+
+class _Offline(_Section):
+    points_per_card_per_day: NonNegInt = 5000
+    points_per_terminal_per_day: NonNegInt = 50000
+
+
+class _Sync(_Section):
+    enabled: Flag = False
+    server_url: OptionalUrl = ""
+    interval_seconds: PosInt = 30
+
+
+class _Reader(_Section):
+    name: Ident
+    kind: ReaderKind
+    url: Text = ""
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class _File(_Section):
+    terminal: _Terminal
+    shop: _Shop
+    storage: _Storage = _Storage()
+    api: _Api = _Api()
+    offline: _Offline = _Offline()
+    sync: _Sync = _Sync()
+    # No [[readers]] at all: the keyboard (a keyboard-wedge scanner, or typing) is the reader.
+    readers: list[_Reader] = Field(
+        default_factory=lambda: [_Reader(name="keyboard", kind="keyboard")]
+    )
+    # Programs are validated one by one below, by kind, so their error locations read
+    # ``programs[1].required`` rather than carrying pydantic's union tag.
+    programs: list[Any] = Field(default_factory=list)
+
+
+class _ProgramBase(_Section):
+    id: Ident
+    kind: Text
+    label: NonEmptyText
+
+
+class _Stamps(_ProgramBase):
+    categories: TextList = Field(default_factory=list)
+    skus: TextList = Field(default_factory=list)
+    per: StampBasisName = "item"
+    required: PosInt = 9
+    reward: StampRewardName = "free_item"
+    reward_amount: NonNegInt = 0
+    reward_label: NonEmptyText = "Free item"
+
+    def build(self) -> StampCardProgram:
+        return StampCardProgram(
+            id=self.id,
+            label=self.label,
+            categories=frozenset(self.categories),
+            skus=frozenset(self.skus),
+            per=StampBasis(self.per),
+            required=self.required,
+            reward=StampReward(self.reward),
+            reward_amount=self.reward_amount,
+            reward_label=self.reward_label,
+        )
+
+
+class _Points(_ProgramBase):
+    points_per_unit: NonNegInt = 1
+    unit: PosInt = 100
+    point_value: PosInt = 1
+    expiry_days: NonNegInt = 365
+    excluded_categories: TextList = Field(default_factory=list)
+    redeemable: Flag = True
+
+    def build(self) -> PointsProgram:
+        return PointsProgram(
+            id=self.id,
+            label=self.label,
+            points_per_unit=self.points_per_unit,
+            unit=self.unit,
+            point_value=self.point_value,
+            expiry_days=self.expiry_days,
+            excluded_categories=frozenset(self.excluded_categories),
+            redeemable=self.redeemable,
+        )
+
+
+class _Welcome(_ProgramBase):
+    points: NonNegInt
+    points_program: Ident
+
+    def build(self) -> WelcomeProgram:
+        return WelcomeProgram(
+            id=self.id, label=self.label, points=self.points, points_program=self.points_program
+        )
+
+
+_PROGRAM_KINDS: dict[str, type[_Stamps] | type[_Points] | type[_Welcome]] = {
+    "stamps": _Stamps,
+    "points": _Points,
+    "welcome": _Welcome,
+}
+
+
+# --------------------------------------------------------------------------- error wording
+
+
+def _dotted(loc: Sequence[int | str], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+_TABLE_TYPES = {"model_type", "model_attributes_type", "dict_type"}
+
+
+def _first_error(file: str, exc: ValidationError, prefix: str = "") -> ConfigError:
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        problem = f"unknown key {str(loc[-1])!r}"
+    elif kind == "missing":
+        problem = "is required but missing"
+    elif kind in _TABLE_TYPES:
+        problem = f"must be a table, got {_show(value)}"
+    elif kind == "list_type":
+        problem = f"must be a list, got {_show(value)}"
+    elif kind == "value_error":
+        problem = str(err.get("ctx", {}).get("error", err["msg"]))
+    else:  # not expected with the types above; keep pydantic's wording rather than hide it
+        problem = f"{err['msg']}, got {_show(value)}"
+    return ConfigError(file, _dotted(loc, prefix), problem)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def embedded_default_text() -> str:
+    """The text of the configuration shipped in the package (the demo shop)."""
+    return resources.files("pos_loyalty").joinpath("config.example.toml").read_text("utf-8")
+
+
+_TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+
+
+def _parse(text: str, file: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        pos = _TOML_POS_RE.search(msg)
+        if pos:
+            head = msg[: pos.start()]
+            raise ConfigError(
+                file, f"line {pos.group(1)}", f"invalid TOML: {head} (column {pos.group(2)})"
+            ) from None
+        raise ConfigError(file, "", f"invalid TOML: {msg}") from None
+
+
+def _build_programs(file: str, raw: list[Any], currency: str) -> ProgramSet:
+    built: list[Program] = []
+    for index, entry in enumerate(raw):
+        key = f"programs[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(file, key, f"must be a [[programs]] table, got {_show(entry)}")
+        kind = entry.get("kind")
+        model = _PROGRAM_KINDS.get(kind) if isinstance(kind, str) else None
+        if model is None:
+            what = "is required but missing" if kind is None else f"got {_show(kind)}"
+            choices = ", ".join(repr(k) for k in _PROGRAM_KINDS)
+            raise ConfigError(file, f"{key}.kind", f"must be one of {choices}; {what}")
+        try:
+            built.append(model.model_validate(entry).build())
+        except ValidationError as exc:
+            raise _first_error(file, exc, prefix=key) from None
+    programs = ProgramSet(currency=currency, programs=tuple(built))
+    problems = programs.problems()
+    if problems:
+        raise ConfigError(file, "programs", problems[0])
+    return programs
+
+
+def _resolve_data_dir(configured: str, base: Path) -> Path:
+    if configured == "":
+        return Path(platformdirs.user_data_dir(_APP_NAME, appauthor=False))
+    path = Path(configured).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    return path.absolute()
+
+
+def load_settings(path: Path | None = None, *, data_dir: Path | None = None) -> Settings:
+    """Read and check a configuration file; ``path=None`` reads the embedded default.
+
+    ``data_dir`` (e.g. from ``--data-dir``) overrides ``storage.data_dir``. In the file, ``""``
+    means the platform's user data folder, and a relative path is relative to the file's
+    folder (for the embedded default: to the current directory).
+
+    Raises ConfigError for anything wrong, with a one-line message.
+    """
+    if path is None:
+        file = EMBEDDED_SOURCE
+        text = embedded_default_text()
+        base = Path.cwd()
+    else:
+        path = Path(path)
+        file = str(path)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise ConfigError(file, "", f"cannot read the file: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(file, "", "is not UTF-8 text") from None
+        base = path.absolute().parent
+
+    raw = _parse(text, file)
+    try:
+        model = _File.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(file, exc) from None
+
+    names: set[str] = set()
+    readers: list[ReaderConfig] = []
+    for index, reader in enumerate(model.readers):
+        if reader.name in names:
+            raise ConfigError(
+                file, f"readers[{index}].name", f"reader name {reader.name!r} is used twice"
+            )
+        names.add(reader.name)
+        if reader.kind == "serial" and not reader.url:
+            raise ConfigError(file, f"readers[{index}].url", "is required for a serial reader")
+        readers.append(
+            ReaderConfig(
+                name=reader.name,
+                kind=reader.kind,
+                url=reader.url or None,
+                options=MappingProxyType(dict(reader.options)),
+            )
+        )
+    if model.sync.enabled and not model.sync.server_url:
+        raise ConfigError(file, "sync.server_url", "is required when sync.enabled is true")
+
+    programs = _build_programs(file, model.programs, model.shop.currency)
+
+    if data_dir is not None:
+        resolved = Path(data_dir).expanduser().absolute()
+    else:
+        resolved = _resolve_data_dir(model.storage.data_dir, base)
+
+    return Settings(
+        terminal_id=model.terminal.id,
+        store_id=model.terminal.store_id,
+        shop_name=model.shop.name,
+        currency=model.shop.currency,
+        card_prefix=model.shop.card_prefix,
+        data_dir=resolved,
+        api_host=model.api.host,
+        api_port=model.api.port,
+        max_body_bytes=model.api.max_body_bytes,
+        max_clock_skew_seconds=model.api.max_clock_skew_seconds,
+        offline=OfflineLimits(
+            points_per_card_per_day=model.offline.points_per_card_per_day,
+            points_per_terminal_per_day=model.offline.points_per_terminal_per_day,
+        ),
+        readers=tuple(readers),
+        sync=SyncConfig(
+            server_url=model.sync.server_url or None,
+            enabled=model.sync.enabled,
+            interval_seconds=model.sync.interval_seconds,
+        ),
+        programs=programs,
+        source=file,
+    )

@@ -1,0 +1,301 @@
+"""The rules engine: basket + customer state + programs + time → proposed effects.
+
+Pure: no I/O, no clock. The steps, in order (each documented where it happens):
+
+1. stamp-card rewards (free or discounted qualifying units, cheapest first);
+2. paying with points (only when the basket asks; never more than what is left to pay);
+3. earning points on what was actually paid (one truncation per receipt, per program);
+4. earning stamps on qualifying units not made free.
+
+Rounding rule: money is split over lines by the largest-remainder rule (``money.allocate``);
+points earned are truncated once per receipt. The total discount never exceeds the total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from .basket import Basket
+from .errors import DomainError
+from .events import Posting, Unit
+from .money import allocate, format_minor
+from .programs import (
+    PointsProgram,
+    ProgramSet,
+    StampBasis,
+    StampCardProgram,
+    StampReward,
+)
+from .state import CustomerState
+
+
+@dataclass
+class LineResult:
+    """What the quote does to one basket line.
+
+    ``discount`` includes the part paid with points; ``total = gross - discount`` is what the
+    customer pays in money. ``points_paid``, ``earn_base``, ``stamps_earned`` and
+    ``stamps_redeemed`` are kept per line so a refund can reverse them in proportion.
+    """
+
+    index: int
+    sku: str
+    category: str | None
+    qty: int
+    unit_price: int
+    discount: int = 0
+    rewarded_units: int = 0
+    free_units: int = 0
+    points_paid: dict[str, int] = field(default_factory=dict)
+    earn_base: dict[str, int] = field(default_factory=dict)
+    stamps_earned: dict[str, int] = field(default_factory=dict)
+    stamps_redeemed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def gross(self) -> int:
+        return self.qty * self.unit_price
+
+    @property
+    def total(self) -> int:
+        return self.gross - self.discount
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sku": self.sku,
+            "category": self.category,
+            "qty": self.qty,
+            "unit_price": self.unit_price,
+            "discount": self.discount,
+            "free_units": self.free_units,
+            "points_paid": dict(self.points_paid),
+            "earn_base": dict(self.earn_base),
+            "stamps_earned": dict(self.stamps_earned),
+            "stamps_redeemed": dict(self.stamps_redeemed),
+        }
+
+    @staticmethod
+    def from_json(index: int, raw: Mapping[str, Any]) -> LineResult:
+        return LineResult(
+            index=index,
+            sku=str(raw["sku"]),
+            category=raw.get("category"),
+            qty=int(raw["qty"]),
+            unit_price=int(raw["unit_price"]),
+            discount=int(raw["discount"]),
+            free_units=int(raw.get("free_units", 0)),
+            points_paid={str(k): int(v) for k, v in raw.get("points_paid", {}).items()},
+            earn_base={str(k): int(v) for k, v in raw.get("earn_base", {}).items()},
+            stamps_earned={str(k): int(v) for k, v in raw.get("stamps_earned", {}).items()},
+            stamps_redeemed={str(k): int(v) for k, v in raw.get("stamps_redeemed", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
+class Discount:
+    program: str
+    line: int
+    amount: int
+    label: str
+
+
+@dataclass
+class Quote:
+    """The proposed effects of a basket. ``postings`` are what a commit would record."""
+
+    lines: list[LineResult]
+    discounts: list[Discount]
+    earned: dict[str, int]
+    redeemed: dict[str, int]
+    postings: list[Posting]
+
+    @property
+    def total_before(self) -> int:
+        return sum(line.gross for line in self.lines)
+
+    @property
+    def total_discount(self) -> int:
+        return sum(line.discount for line in self.lines)
+
+    @property
+    def total(self) -> int:
+        return self.total_before - self.total_discount
+
+
+def quote(
+    basket: Basket,
+    state: CustomerState | None,
+    programs: ProgramSet,
+    at: datetime,
+) -> Quote:
+    """Work out what ``basket`` would do for the customer in ``state`` at ``at``.
+
+    ``state`` None is an anonymous basket: no rewards, no earning, no redemption.
+    Raises DomainError for a request that cannot be honoured (unknown program, not enough
+    points, codes no program knows).
+    """
+    lines = [
+        LineResult(i, ln.sku, ln.category, ln.qty, ln.unit_price) for i, ln in enumerate(basket.lines)
+    ]
+    result = Quote(lines, [], {}, {}, [])
+    if basket.codes:
+        code = basket.codes[0]
+        raise DomainError("unknown_code", f"The code {code!r} is not known to any program.")
+    _check_redemptions(basket, state, programs, at)
+    if state is None:
+        return result
+    for card in programs.stamp_cards:
+        _apply_stamp_rewards(card, state.stamp_count(card.id), result)
+    for redemption in basket.redeem:
+        program = programs.get(redemption.program)
+        assert isinstance(program, PointsProgram)
+        _apply_points_payment(program, redemption.points, result)
+    for pts in programs.points:
+        _earn_points(pts, at, result)
+    for card in programs.stamp_cards:
+        _earn_stamps(card, result)
+    return result
+
+
+def _check_redemptions(
+    basket: Basket, state: CustomerState | None, programs: ProgramSet, at: datetime
+) -> None:
+    seen: set[str] = set()
+    for redemption in basket.redeem:
+        program = programs.get(redemption.program)
+        if program is None:
+            raise DomainError("unknown_program", f"There is no program {redemption.program!r}.")
+        if not isinstance(program, PointsProgram) or not program.redeemable:
+            raise DomainError(
+                "not_redeemable", f"The program {redemption.program!r} cannot pay for a basket."
+            )
+        if redemption.program in seen:
+            raise DomainError(
+                "duplicate_redemption", f"The program {redemption.program!r} is redeemed twice."
+            )
+        seen.add(redemption.program)
+        if redemption.points <= 0:
+            raise DomainError("invalid_points", "Points to redeem must be a positive integer.")
+        if state is None:
+            raise DomainError("card_required", "Paying with points needs a customer card.")
+        available = state.account(program.id).spendable(at) if program.id in state.points else 0
+        if redemption.points > available:
+            raise DomainError(
+                "insufficient_points",
+                f"The customer has {max(available, 0)} {program.label.lower()}, "
+                f"{redemption.points} were asked for.",
+            )
+
+
+def _apply_stamp_rewards(card: StampCardProgram, stamps: int, result: Quote) -> None:
+    """Rewards available before the sale apply automatically, one per qualifying unit.
+
+    Free item: the cheapest qualifying units become free. Fixed discount: the dearest
+    qualifying units each get ``reward_amount`` off (capped at the unit's price), so the
+    customer gets the full value when any unit is dear enough.
+    """
+    rewards = max(stamps, 0) // card.required
+    if rewards == 0:
+        return
+    candidates = [
+        line
+        for line in result.lines
+        if card.qualifies(line.sku, line.category)
+        and line.qty - line.rewarded_units > 0
+        and line.unit_price > 0
+    ]
+    dearest_first = card.reward is StampReward.FIXED_DISCOUNT
+    candidates.sort(key=lambda ln: (-ln.unit_price if dearest_first else ln.unit_price, ln.index))
+    for line in candidates:
+        if rewards == 0:
+            break
+        units = min(rewards, line.qty - line.rewarded_units)
+        rewards -= units
+        if card.reward is StampReward.FREE_ITEM:
+            amount = units * line.unit_price
+            line.free_units += units
+        else:
+            amount = units * min(card.reward_amount, line.unit_price)
+        amount = min(amount, line.total)
+        line.rewarded_units += units
+        line.discount += amount
+        line.stamps_redeemed[card.id] = line.stamps_redeemed.get(card.id, 0) + units * card.required
+        result.discounts.append(Discount(card.id, line.index, amount, card.reward_label))
+        result.redeemed[card.id] = result.redeemed.get(card.id, 0) + units * card.required
+        result.postings.append(Posting(card.id, Unit.STAMPS, -units * card.required))
+
+
+def _apply_points_payment(program: PointsProgram, requested: int, result: Quote) -> None:
+    """Pay with up to ``requested`` points, never more than what is left to pay.
+
+    A point is worth ``point_value`` minor units; the points used are split over the lines
+    in proportion to what is left on each (largest remainder), each line taking only whole
+    points that fit in it.
+    """
+    capacity = [line.total // program.point_value for line in result.lines]
+    used = min(requested, sum(capacity))
+    if used == 0:
+        return
+    shares = allocate(used, [line.total for line in result.lines], capacity)
+    for line, share in zip(result.lines, shares):
+        if share == 0:
+            continue
+        amount = share * program.point_value
+        line.discount += amount
+        line.points_paid[program.id] = line.points_paid.get(program.id, 0) + share
+        result.discounts.append(
+            Discount(program.id, line.index, amount, f"Paid with {program.label.lower()}")
+        )
+    result.redeemed[program.id] = result.redeemed.get(program.id, 0) + used
+    result.postings.append(Posting(program.id, Unit.POINTS, -used))
+
+
+def _earn_points(program: PointsProgram, at: datetime, result: Quote) -> None:
+    """Points on what was actually paid for eligible lines, truncated once per receipt."""
+    base = 0
+    for line in result.lines:
+        if line.category is not None and line.category in program.excluded_categories:
+            continue
+        line.earn_base[program.id] = line.total
+        base += line.total
+    earned = base * program.points_per_unit // program.unit
+    if earned <= 0:
+        return
+    expires = at + timedelta(days=program.expiry_days) if program.expiry_days else None
+    result.earned[program.id] = earned
+    result.postings.append(Posting(program.id, Unit.POINTS, earned, expires_at=expires))
+
+
+def _earn_stamps(card: StampCardProgram, result: Quote) -> None:
+    """Stamps on qualifying units not made free (per item), or one per visit."""
+    total = 0
+    for line in result.lines:
+        if not card.qualifies(line.sku, line.category):
+            continue
+        paid_units = line.qty - line.free_units
+        if paid_units <= 0:
+            continue
+        if card.per is StampBasis.ITEM:
+            line.stamps_earned[card.id] = paid_units
+            total += paid_units
+        elif total == 0:
+            line.stamps_earned[card.id] = 1
+            total = 1
+    if total:
+        result.earned[card.id] = result.earned.get(card.id, 0) + total
+        result.postings.append(Posting(card.id, Unit.STAMPS, total))
+
+
+def receipt_text(programs: ProgramSet, state: CustomerState, quote_: Quote) -> list[str]:
+    """Lines for the receipt and for the cashier to read out, from balances in ``state``."""
+    out: list[str] = []
+    for card in programs.stamp_cards:
+        out.append(f"{card.label}: {state.stamp_count(card.id)}/{card.required} stamps")
+    for pts in programs.points:
+        balance = state.points[pts.id].balance if pts.id in state.points else 0
+        out.append(f"{pts.label}: {balance}")
+    if quote_.total_discount:
+        out.append(f"You saved {format_minor(quote_.total_discount)}")
+    return out

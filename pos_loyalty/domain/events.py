@@ -1,0 +1,123 @@
+"""Events: the only thing the ledger stores. Balances are folds over them.
+
+An event is made by one command at one till (enrol, sale, refund, adjustment, expiry...).
+Its ``postings`` say what it does to balances; ``data`` holds what the command was about
+(the sale's lines, the refund's units, the card code...), as JSON-able values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+
+class Unit(str, Enum):
+    POINTS = "points"
+    STAMPS = "stamps"
+
+
+class Kind(str, Enum):
+    CUSTOMER_ENROLLED = "customer.enrolled"
+    CARD_ISSUED = "card.issued"
+    CARD_BLOCKED = "card.blocked"
+    SALE_COMMITTED = "sale.committed"
+    REFUND_COMMITTED = "refund.committed"
+    ACCOUNT_ADJUSTED = "account.adjusted"
+    POINTS_EXPIRED = "points.expired"
+
+
+@dataclass(frozen=True)
+class Posting:
+    """One change to one balance.
+
+    Attributes:
+      program: the program id whose balance changes.
+      unit: points or stamps.
+      delta: signed integer change.
+      lot: for a debit of points, the lot to take from first (an expiry names its lot; a
+        reversal names the lot its sale earned); unused for credits, whose lot id is derived
+        from the event id (``ids.lot_id``).
+      expires_at: for a credit of points, when the lot it creates expires (None: never).
+    """
+
+    program: str
+    unit: Unit
+    delta: int
+    lot: str | None = None
+    expires_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"program": self.program, "unit": self.unit.value, "delta": self.delta}
+        if self.lot is not None:
+            out["lot"] = self.lot
+        if self.expires_at is not None:
+            out["expires_at"] = self.expires_at.isoformat()
+        return out
+
+    @staticmethod
+    def from_json(raw: Mapping[str, Any]) -> Posting:
+        expires = raw.get("expires_at")
+        return Posting(
+            program=str(raw["program"]),
+            unit=Unit(raw["unit"]),
+            delta=int(raw["delta"]),
+            lot=raw.get("lot"),
+            expires_at=datetime.fromisoformat(expires) if expires else None,
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    """A fact recorded at a till.
+
+    Attributes:
+      id: globally unique (UUIDv7 made at the till; derived for expiries).
+      kind: what happened.
+      terminal_id: the till that recorded it.
+      at: when it happened, as the POS said (timezone-aware).
+      customer_id: whose balances it touches; None for an anonymous sale.
+      key: the idempotency key it came from (POS receipt id, refund id), if any.
+      postings: the balance changes.
+      data: kind-specific content, JSON-able.
+      seq: the per-till sequence number, assigned by the ledger (0 until appended).
+    """
+
+    id: str
+    kind: Kind
+    terminal_id: str
+    at: datetime
+    customer_id: str | None
+    key: str | None = None
+    postings: tuple[Posting, ...] = ()
+    data: Mapping[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+    def body(self) -> dict[str, Any]:
+        """Everything but ``seq``, as JSON-able values (what the hash chain covers with seq)."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "terminal_id": self.terminal_id,
+            "at": self.at.isoformat(),
+            "customer_id": self.customer_id,
+            "key": self.key,
+            "postings": [p.to_json() for p in self.postings],
+            "data": dict(self.data),
+        }
+
+    @staticmethod
+    def from_body(raw: Mapping[str, Any], seq: int = 0) -> Event:
+        return Event(
+            id=str(raw["id"]),
+            kind=Kind(raw["kind"]),
+            terminal_id=str(raw["terminal_id"]),
+            at=datetime.fromisoformat(raw["at"]),
+            customer_id=raw.get("customer_id"),
+            key=raw.get("key"),
+            postings=tuple(Posting.from_json(p) for p in raw.get("postings", ())),
+            data=dict(raw.get("data", {})),
+            seq=seq,
+        )

@@ -1,0 +1,130 @@
+"""A customer's loyalty state, folded from events.
+
+Points are kept in lots (one per crediting event and program) so they can expire N days
+after they were earned; debits consume the soonest-expiring lots first. A balance may go
+negative (a refund is never blocked): the debt is repaid by later credits before any new lot
+holds points. So at every moment ``sum(lot.remaining) == max(balance, 0)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .events import Event, Posting, Unit
+from .ids import lot_id
+
+_FAR_FUTURE = datetime.max.replace(year=9999)
+
+
+@dataclass
+class Lot:
+    """Points credited by one event to one program, and how many of them are left."""
+
+    lot_id: str
+    earned_at: datetime
+    expires_at: datetime | None
+    remaining: int
+
+    def sort_key(self) -> tuple[int, str, str]:
+        # Soonest-expiring first; lots that never expire last; then by age, then by id.
+        if self.expires_at is None:
+            return (1, "", self.lot_id)
+        return (0, self.expires_at.isoformat(), self.lot_id)
+
+
+@dataclass
+class PointsAccount:
+    balance: int = 0
+    lots: dict[str, Lot] = field(default_factory=dict)
+
+    def credit(self, lot: str, amount: int, at: datetime, expires_at: datetime | None) -> None:
+        kept = max(0, min(amount, self.balance + amount))  # repay debt first
+        self.balance += amount
+        if kept > 0:
+            self.lots[lot] = Lot(lot, at, expires_at, kept)
+
+    def debit(self, amount: int, prefer: str | None = None) -> None:
+        self.balance -= amount
+        left = amount
+        order = sorted(self.lots.values(), key=Lot.sort_key)
+        if prefer is not None and prefer in self.lots:
+            order.remove(self.lots[prefer])
+            order.insert(0, self.lots[prefer])
+        for lot in order:
+            if left == 0:
+                break
+            take = min(lot.remaining, left)
+            lot.remaining -= take
+            left -= take
+            if lot.remaining == 0:
+                del self.lots[lot.lot_id]
+
+    def due(self, at: datetime) -> list[Lot]:
+        """Lots with points left whose expiry is at or before ``at``, soonest first."""
+        return sorted(
+            (lot for lot in self.lots.values() if lot.expires_at is not None and lot.expires_at <= at),
+            key=Lot.sort_key,
+        )
+
+    def spendable(self, at: datetime) -> int:
+        """The balance at ``at``, counting lots already past expiry as gone."""
+        return self.balance - sum(lot.remaining for lot in self.due(at))
+
+    def expiring_between(self, start: datetime, end: datetime) -> int:
+        return sum(
+            lot.remaining
+            for lot in self.lots.values()
+            if lot.expires_at is not None and start < lot.expires_at <= end
+        )
+
+
+@dataclass
+class CustomerState:
+    """Balances of one customer: points accounts and stamp counts, per program id."""
+
+    customer_id: str
+    points: dict[str, PointsAccount] = field(default_factory=dict)
+    stamps: dict[str, int] = field(default_factory=dict)
+
+    def account(self, program: str) -> PointsAccount:
+        return self.points.setdefault(program, PointsAccount())
+
+    def stamp_count(self, program: str) -> int:
+        return self.stamps.get(program, 0)
+
+    def apply(self, event: Event) -> None:
+        """Fold one event into this state (the one place balances change)."""
+        for posting in event.postings:
+            self.apply_posting(event, posting)
+
+    def apply_posting(self, event: Event, posting: Posting) -> None:
+        if posting.unit is Unit.STAMPS:
+            self.stamps[posting.program] = self.stamp_count(posting.program) + posting.delta
+            return
+        account = self.account(posting.program)
+        if posting.delta >= 0:
+            account.credit(lot_id(event.id, posting.program), posting.delta, event.at, posting.expires_at)
+        else:
+            account.debit(-posting.delta, posting.lot)
+
+    def copy(self) -> CustomerState:
+        return copy.deepcopy(self)
+
+    def balances(self) -> dict[tuple[str, Unit], int]:
+        out: dict[tuple[str, Unit], int] = {}
+        for program, account in self.points.items():
+            out[(program, Unit.POINTS)] = account.balance
+        for program, count in self.stamps.items():
+            out[(program, Unit.STAMPS)] = count
+        return out
+
+
+def fold(customer_id: str, events: list[Event]) -> CustomerState:
+    """The state after ``events`` (those of other customers are ignored), in list order."""
+    state = CustomerState(customer_id)
+    for event in events:
+        if event.customer_id == customer_id:
+            state.apply(event)
+    return state

@@ -1,0 +1,238 @@
+"""The till's ledger: one SQLite file in WAL mode, synchronous=FULL, migrated by Alembic.
+
+Every write goes through ``Ledger.transaction()``: ``BEGIN IMMEDIATE`` (so concurrent
+writers queue instead of failing mid-way), the events appended with the next gap-free
+sequence numbers and their chain hashes, the projections updated, then ``COMMIT`` — durable
+before the caller answers (DESIGN invariant 5).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlalchemy.exc import DatabaseError, OperationalError
+
+from pos_loyalty.domain.events import Event
+from pos_loyalty.domain.state import CustomerState
+
+from . import schema
+from .codec import GENESIS, chain_hash, event_from_row, payload_of
+from .projections import apply_side_tables, load_state, store_state
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class LedgerError(Exception):
+    """The ledger file cannot be used (corrupt, not a ledger, locked for too long)."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    key: str
+    event_id: str
+    request_hash: str
+    refunded: dict[int, int]
+    response: dict[str, Any]
+
+
+def make_engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", future=True)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (pysqlite recipe)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout = 10000")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = FULL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front; readers get a deferred (snapshot) transaction.
+        read_only = conn.get_execution_options().get("read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Ledger:
+    """A till's ledger file."""
+
+    def __init__(self, path: Path, terminal_id: str) -> None:
+        self.path = Path(path)
+        self.terminal_id = terminal_id
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(self.path)
+        try:
+            migrate(self.engine)
+        except (DatabaseError, OperationalError) as exc:
+            self.engine.dispose()
+            raise LedgerError(f"{self.path} is not a usable ledger: {exc.orig}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self.engine.begin() as conn:
+            yield Tx(conn, self.terminal_id)
+
+    @contextmanager
+    def reader(self) -> Iterator[Tx]:
+        with self.engine.connect() as conn:
+            conn.execution_options(read_only=True)
+            with conn.begin() as trans:
+                try:
+                    yield Tx(conn, self.terminal_id)
+                finally:
+                    trans.rollback()
+
+
+class Tx:
+    """Reads and appends inside one transaction."""
+
+    def __init__(self, conn: Connection, terminal_id: str) -> None:
+        self.conn = conn
+        self.terminal_id = terminal_id
+
+    # -- reads ----------------------------------------------------------------------------
+    def state(self, customer_id: str) -> CustomerState:
+        return load_state(self.conn, customer_id)
+
+    def card(self, code: str) -> Any:
+        return self.conn.execute(select(schema.cards).where(schema.cards.c.code == code)).first()
+
+    def cards_of(self, customer_id: str) -> list[Any]:
+        return list(
+            self.conn.execute(
+                select(schema.cards)
+                .where(schema.cards.c.customer_id == customer_id)
+                .order_by(schema.cards.c.issued_at)
+            )
+        )
+
+    def customer(self, customer_id: str) -> Any:
+        return self.conn.execute(
+            select(schema.customers).where(schema.customers.c.customer_id == customer_id)
+        ).first()
+
+    def receipt(self, key: str) -> Receipt | None:
+        row = self.conn.execute(select(schema.receipts).where(schema.receipts.c.key == key)).first()
+        if row is None:
+            return None
+        return Receipt(
+            row.key,
+            row.event_id,
+            row.request_hash,
+            {int(k): int(v) for k, v in json.loads(row.refunded).items()},
+            json.loads(row.response),
+        )
+
+    def event(self, event_id: str) -> Event | None:
+        row = self.conn.execute(select(schema.events).where(schema.events.c.id == event_id)).first()
+        return None if row is None else event_from_row(row)
+
+    def has_event(self, event_id: str) -> bool:
+        return (
+            self.conn.execute(
+                select(schema.events.c.pos).where(schema.events.c.id == event_id)
+            ).first()
+            is not None
+        )
+
+    def history(self, customer_id: str, limit: int = 50, before: int | None = None) -> list[tuple[int, Event]]:
+        """Events of a customer, newest first, with their local position (for paging)."""
+        query = select(schema.events).where(schema.events.c.customer_id == customer_id)
+        if before is not None:
+            query = query.where(schema.events.c.pos < before)
+        query = query.order_by(schema.events.c.pos.desc()).limit(limit)
+        return [(row.pos, event_from_row(row)) for row in self.conn.execute(query)]
+
+    def head(self, terminal_id: str | None = None) -> tuple[int, bytes]:
+        row = self.conn.execute(
+            select(schema.heads).where(schema.heads.c.terminal_id == (terminal_id or self.terminal_id))
+        ).first()
+        return (0, GENESIS) if row is None else (row.seq, row.hash)
+
+    def count_events(self) -> int:
+        from sqlalchemy import func
+
+        return int(self.conn.execute(select(func.count()).select_from(schema.events)).scalar_one())
+
+    # -- writes ---------------------------------------------------------------------------
+    def append(self, events: list[Event]) -> list[Event]:
+        """Append this till's new events: sequence, chain, projections. Returns them with seq."""
+        seq, prev = self.head()
+        stored: list[Event] = []
+        states: dict[str, tuple[CustomerState, CustomerState]] = {}
+        for ev in events:
+            if ev.terminal_id != self.terminal_id:
+                raise ValueError("a till appends only its own events")
+            seq += 1
+            ev = replace(ev, seq=seq)
+            digest = chain_hash(prev, ev)
+            self.conn.execute(
+                insert(schema.events).values(
+                    id=ev.id,
+                    terminal_id=ev.terminal_id,
+                    seq=ev.seq,
+                    kind=ev.kind.value,
+                    at=ev.at.isoformat(),
+                    customer_id=ev.customer_id,
+                    key=ev.key,
+                    payload=payload_of(ev),
+                    prev_hash=prev,
+                    hash=digest,
+                )
+            )
+            prev = digest
+            apply_side_tables(self.conn, ev)
+            if ev.customer_id is not None and ev.postings:
+                if ev.customer_id not in states:
+                    loaded = self.state(ev.customer_id)
+                    states[ev.customer_id] = (loaded, loaded.copy())
+                states[ev.customer_id][1].apply(ev)
+            stored.append(ev)
+        for before, after in states.values():
+            store_state(self.conn, before, after)
+        if stored:
+            self._set_head(seq, prev)
+        return stored
+
+    def set_response(self, key: str, response: dict[str, Any]) -> None:
+        self.conn.execute(
+            update(schema.receipts)
+            .where(schema.receipts.c.key == key)
+            .values(response=json.dumps(response, sort_keys=True))
+        )
+
+    def _set_head(self, seq: int, digest: bytes) -> None:
+        updated = self.conn.execute(
+            update(schema.heads)
+            .where(schema.heads.c.terminal_id == self.terminal_id)
+            .values(seq=seq, hash=digest)
+        )
+        if updated.rowcount == 0:
+            self.conn.execute(
+                insert(schema.heads).values(terminal_id=self.terminal_id, seq=seq, hash=digest)
+            )

@@ -1,0 +1,554 @@
+"""The service layer: the till's commands, one SQLite transaction each.
+
+Enrol, issue/block/replace a card, look up a scanned code, quote, commit (idempotent by the
+POS receipt id), refund (idempotent by the refund id), adjust, history. Adapters (HTTP API,
+CLI, UI) call these and only these; a Python POS can too (``import pos_loyalty``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from drivers.payment_guard import carries_payment_card
+from pos_loyalty.config import Settings
+from pos_loyalty.domain import engine, refund as refunds
+from pos_loyalty.domain.basket import Basket
+from pos_loyalty.domain.cardcode import CardCodeError, make_card_code, normalise_card_code
+from pos_loyalty.domain.errors import Conflict, DomainError, NotFound
+from pos_loyalty.domain.events import Event, Kind, Posting, Unit
+from pos_loyalty.domain.ids import expiry_event_id, uuid7
+from pos_loyalty.domain.programs import PointsProgram, StampCardProgram
+from pos_loyalty.domain.state import CustomerState
+from pos_loyalty.ledger.codec import canonical
+from pos_loyalty.ledger.store import Ledger, Tx
+
+EXPIRING_SOON_DAYS = 30
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    consents: Mapping[str, bool] = field(default_factory=dict)
+    referral_code: str | None = None
+
+
+@dataclass(frozen=True)
+class SaleRequest:
+    """A quote or commit: the basket, the scanned card (optional), the POS's moment."""
+
+    basket: Basket
+    card: str | None = None
+    receipt_id: str | None = None
+    at: datetime | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)  # the request as sent, for its hash
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    refund_id: str
+    receipt_id: str
+    lines: tuple[refunds.RefundRequestLine, ...] | None  # None: full refund
+    at: datetime | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+def request_hash(raw: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(dict(raw))).hexdigest()
+
+
+def utc(at: datetime) -> datetime:
+    return at.astimezone(timezone.utc)
+
+
+class Service:
+    """The till's commands over one ledger and one program set."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, clock: Any = None) -> None:
+        self.settings = settings
+        self.programs = settings.programs
+        self.ledger = ledger
+        self._clock = clock or (lambda: datetime.now(timezone.utc))
+
+    # -- time -----------------------------------------------------------------------------
+    def now(self) -> datetime:
+        return utc(self._clock())
+
+    def resolve_at(self, at: datetime | None) -> datetime:
+        """The moment a write happened: the POS's ``at`` or now; refused if in the future."""
+        now = self.now()
+        if at is None:
+            return now
+        if at.tzinfo is None:
+            raise DomainError("invalid_at", "`at` needs a UTC offset, e.g. 2026-11-22T10:15:00+01:00.")
+        skew = timedelta(seconds=self.settings.max_clock_skew_seconds)
+        if utc(at) > now + skew:
+            raise DomainError("at_in_future", "`at` lies in the future; the till's clock says otherwise.")
+        return utc(at)
+
+    def read_at(self, at: datetime | None) -> datetime:
+        """For reads: the moment asked about, without the future check."""
+        if at is None:
+            return self.now()
+        if at.tzinfo is None:
+            raise DomainError("invalid_at", "`at` needs a UTC offset, e.g. 2026-11-22T10:15:00+01:00.")
+        return utc(at)
+
+    # -- cards ----------------------------------------------------------------------------
+    def normalise_scan(self, scanned: str) -> str:
+        """The loyalty card code in a scan; payment-card data is refused and never kept."""
+        if carries_payment_card(scanned):
+            raise DomainError(
+                "payment_card_rejected",
+                "That is a payment card. Payment card data is never stored: scan the loyalty card.",
+            )
+        try:
+            return normalise_card_code(scanned, self.settings.card_prefix)
+        except CardCodeError as exc:
+            raise NotFound("unknown_card", f"No loyalty card has that code: {exc}") from None
+
+    def _card_customer(self, tx: Tx, scanned: str, *, for_write: bool) -> tuple[str, str]:
+        code = self.normalise_scan(scanned)
+        row = tx.card(code)
+        if row is None:
+            raise NotFound("unknown_card", f"No loyalty card has the code {code}.")
+        if for_write and row.status != "active":
+            raise DomainError("card_blocked", f"The card {code} is blocked: {row.reason or 'no reason given'}.")
+        return code, row.customer_id
+
+    def _new_card_code(self, tx: Tx) -> str:
+        while True:
+            code = make_card_code(self.settings.card_prefix, secrets.randbelow(10**12))
+            if tx.card(code) is None:
+                return code
+
+    def _event(self, kind: Kind, at: datetime, customer_id: str | None, **kw: Any) -> Event:
+        return Event(uuid7(), kind, self.settings.terminal_id, at, customer_id, **kw)
+
+    # -- enrol and cards ------------------------------------------------------------------
+    def enrol(self, profile: Profile, at: datetime | None = None) -> dict[str, Any]:
+        when = self.resolve_at(at)
+        if profile.referral_code:
+            raise DomainError("unknown_referral_code", "Referral codes are not enabled in this shop.")
+        customer_id = uuid7()
+        postings: list[Posting] = []
+        welcome: dict[str, int] = {}
+        for gift in self.programs.welcomes:
+            target = self.programs.get(gift.points_program)
+            assert isinstance(target, PointsProgram)
+            expires = when + timedelta(days=target.expiry_days) if target.expiry_days else None
+            if gift.points:
+                postings.append(Posting(target.id, Unit.POINTS, gift.points, expires_at=expires))
+                welcome[target.id] = welcome.get(target.id, 0) + gift.points
+        data = {"profile": _profile_json(profile)}
+        with self.ledger.transaction() as tx:
+            code = self._new_card_code(tx)
+            tx.append(
+                [
+                    self._event(Kind.CUSTOMER_ENROLLED, when, customer_id, postings=tuple(postings), data=data),
+                    self._event(Kind.CARD_ISSUED, when, customer_id, data={"code": code}),
+                ]
+            )
+            state = tx.state(customer_id)
+        return {
+            "customer_id": customer_id,
+            "card": {"code": code, "status": "active"},
+            "welcome": welcome,
+            "balances": self._balances(state, when),
+        }
+
+    def issue_card(self, customer_id: str, at: datetime | None = None) -> dict[str, Any]:
+        when = self.resolve_at(at)
+        with self.ledger.transaction() as tx:
+            if tx.customer(customer_id) is None:
+                raise NotFound("unknown_customer", f"No customer has the id {customer_id}.")
+            code = self._new_card_code(tx)
+            tx.append([self._event(Kind.CARD_ISSUED, when, customer_id, data={"code": code})])
+        return {"customer_id": customer_id, "card": {"code": code, "status": "active"}}
+
+    def block_card(self, scanned: str, reason: str, at: datetime | None = None) -> dict[str, Any]:
+        when = self.resolve_at(at)
+        with self.ledger.transaction() as tx:
+            code, customer_id = self._card_customer(tx, scanned, for_write=True)
+            tx.append(
+                [self._event(Kind.CARD_BLOCKED, when, customer_id, data={"code": code, "reason": reason})]
+            )
+        return {"customer_id": customer_id, "card": {"code": code, "status": "blocked", "reason": reason}}
+
+    def replace_card(self, scanned: str, reason: str = "replaced", at: datetime | None = None) -> dict[str, Any]:
+        """Block the old card and issue a new one to the same customer, in one transaction."""
+        when = self.resolve_at(at)
+        with self.ledger.transaction() as tx:
+            old, customer_id = self._card_customer(tx, scanned, for_write=True)
+            new = self._new_card_code(tx)
+            tx.append(
+                [
+                    self._event(Kind.CARD_BLOCKED, when, customer_id, data={"code": old, "reason": reason}),
+                    self._event(Kind.CARD_ISSUED, when, customer_id, data={"code": new, "replaces": old}),
+                ]
+            )
+        return {"customer_id": customer_id, "card": {"code": new, "status": "active"}, "replaced": old}
+
+    # -- look-up --------------------------------------------------------------------------
+    def lookup(self, scanned: str, at: datetime | None = None) -> dict[str, Any]:
+        when = self.read_at(at)
+        with self.ledger.reader() as tx:
+            code, customer_id = self._card_customer(tx, scanned, for_write=False)
+            card = tx.card(code)
+            customer = tx.customer(customer_id)
+            state = tx.state(customer_id)
+        return {
+            "card": {"code": code, "status": card.status, "reason": card.reason},
+            "customer": _customer_json(customer),
+            "balances": self._balances(state, when),
+            "tier": None,
+            "rewards": self._rewards(state),
+            "expiring_soon": self._expiring(state, when),
+        }
+
+    def customer(self, customer_id: str, *, limit: int = 20, before: int | None = None) -> dict[str, Any]:
+        when = self.now()
+        with self.ledger.reader() as tx:
+            row = tx.customer(customer_id)
+            if row is None:
+                raise NotFound("unknown_customer", f"No customer has the id {customer_id}.")
+            state = tx.state(customer_id)
+            cards = tx.cards_of(customer_id)
+            page = tx.history(customer_id, limit=limit + 1, before=before)
+        more = len(page) > limit
+        page = page[:limit]
+        return {
+            "customer": _customer_json(row),
+            "cards": [{"code": c.code, "status": c.status, "reason": c.reason} for c in cards],
+            "balances": self._balances(state, when),
+            "tier": None,
+            "rewards": self._rewards(state),
+            "expiring_soon": self._expiring(state, when),
+            "history": [_history_json(pos, ev) for pos, ev in page],
+            "next_before": page[-1][0] if more and page else None,
+        }
+
+    # -- quote and commit -----------------------------------------------------------------
+    def quote(self, request: SaleRequest) -> dict[str, Any]:
+        when = self.read_at(request.at)
+        with self.ledger.reader() as tx:
+            customer_id = None
+            state = None
+            if request.card is not None:
+                _, customer_id = self._card_customer(tx, request.card, for_write=True)
+                state = tx.state(customer_id)
+        if state is not None:
+            for lot_event in self._expiries(state, when):
+                state.apply(lot_event)
+        result = engine.quote(request.basket, state, self.programs, when)
+        return self._sale_response(request.receipt_id, result, state, customer_id)
+
+    def commit(self, request: SaleRequest) -> dict[str, Any]:
+        if not request.receipt_id:
+            raise DomainError("receipt_id_required", "A commit needs the POS's `receipt_id`.")
+        digest = request_hash(request.raw)
+        key = f"sale:{request.receipt_id}"
+        with self.ledger.reader() as tx:
+            done = tx.receipt(key)
+        if done is not None:
+            return self._replay(done, digest)
+        when = self.resolve_at(request.at)
+        with self.ledger.transaction() as tx:
+            done = tx.receipt(key)  # a racing writer may have committed it meanwhile
+            if done is not None:
+                return self._replay(done, digest)
+            customer_id = None
+            state = None
+            new_events: list[Event] = []
+            if request.card is not None:
+                _, customer_id = self._card_customer(tx, request.card, for_write=True)
+                state = tx.state(customer_id)
+                new_events.extend(self._expiries_to_record(tx, state, when))
+            result = engine.quote(request.basket, state, self.programs, when)
+            sale = self._event(
+                Kind.SALE_COMMITTED,
+                when,
+                customer_id,
+                key=request.receipt_id,
+                postings=tuple(result.postings),
+                data={
+                    "receipt_id": request.receipt_id,
+                    "request_hash": digest,
+                    "lines": [line.to_json() for line in result.lines],
+                    "earned": dict(result.earned),
+                    "redeemed": dict(result.redeemed),
+                },
+            )
+            new_events.append(sale)
+            tx.append(new_events)
+            if state is not None:
+                state.apply(sale)
+            response = self._sale_response(request.receipt_id, result, state, customer_id, when)
+            tx.set_response(key, response)
+        return response
+
+    def _replay(self, done: Any, digest: str) -> dict[str, Any]:
+        if done.request_hash != digest:
+            raise Conflict(
+                "receipt_conflict",
+                "This receipt id was already used for a different request; nothing was written.",
+            )
+        return dict(done.response)
+
+    def _expiries(self, state: CustomerState, at: datetime) -> list[Event]:
+        out = []
+        for program, account in sorted(state.points.items()):
+            for lot in account.due(at):
+                assert lot.expires_at is not None
+                out.append(
+                    Event(
+                        expiry_event_id(lot.lot_id),
+                        Kind.POINTS_EXPIRED,
+                        self.settings.terminal_id,
+                        lot.expires_at,
+                        state.customer_id,
+                        postings=(Posting(program, Unit.POINTS, -lot.remaining, lot=lot.lot_id),),
+                        data={"lot": lot.lot_id},
+                    )
+                )
+        return out
+
+    def _expiries_to_record(self, tx: Tx, state: CustomerState, at: datetime) -> list[Event]:
+        """Expiry events for lots due at ``at``, applied to ``state``; one event id per lot."""
+        out = []
+        for ev in self._expiries(state, at):
+            if not tx.has_event(ev.id):
+                out.append(ev)
+            state.apply(ev)
+        return out
+
+    def _sale_response(
+        self,
+        receipt_id: str | None,
+        result: engine.Quote,
+        state: CustomerState | None,
+        customer_id: str | None,
+        at: datetime | None = None,
+    ) -> dict[str, Any]:
+        when = at or self.now()
+        return {
+            "receipt_id": receipt_id,
+            "customer_id": customer_id,
+            "currency": self.programs.currency,
+            "total_before": result.total_before,
+            "total_discount": result.total_discount,
+            "total": result.total,
+            "lines": [
+                {
+                    "sku": ln.sku,
+                    "qty": ln.qty,
+                    "unit_price": ln.unit_price,
+                    "discount": ln.discount,
+                    "total": ln.total,
+                }
+                for ln in result.lines
+            ],
+            "discounts": [
+                {"program": d.program, "line": d.line, "amount": d.amount, "label": d.label}
+                for d in result.discounts
+            ],
+            "earned": dict(result.earned),
+            "redeemed": dict(result.redeemed),
+            "balances": self._balances(state, when) if state is not None else {},
+            "tier": None,
+            "rewards": self._rewards(state) if state is not None else [],
+            "receipt_text": engine.receipt_text(self.programs, state, result) if state is not None else [],
+        }
+
+    # -- refunds --------------------------------------------------------------------------
+    def refund(self, request: RefundRequest) -> dict[str, Any]:
+        digest = request_hash(request.raw)
+        key = f"refund:{request.refund_id}"
+        with self.ledger.reader() as tx:
+            done = tx.receipt(key)
+        if done is not None:
+            return self._replay(done, digest)
+        when = self.resolve_at(request.at)
+        with self.ledger.transaction() as tx:
+            done = tx.receipt(key)
+            if done is not None:
+                return self._replay(done, digest)
+            sale_receipt = tx.receipt(f"sale:{request.receipt_id}")
+            if sale_receipt is None:
+                raise NotFound("unknown_receipt", f"No sale has the receipt id {request.receipt_id!r}.")
+            sale = tx.event(sale_receipt.event_id)
+            assert sale is not None
+            lines = [engine.LineResult.from_json(i, raw) for i, raw in enumerate(sale.data["lines"])]
+            units = refunds.units_to_refund(lines, sale_receipt.refunded, request.lines)
+            result = refunds.reverse(
+                sale_event_id=sale.id,
+                lines=lines,
+                earned=sale.data.get("earned", {}),
+                already=sale_receipt.refunded,
+                units=units,
+                programs=self.programs,
+                at=when,
+            )
+            customer_id = sale.customer_id
+            postings = tuple(result.postings) if customer_id is not None else ()
+            ev = self._event(
+                Kind.REFUND_COMMITTED,
+                when,
+                customer_id,
+                key=request.refund_id,
+                postings=postings,
+                data={
+                    "refund_id": request.refund_id,
+                    "receipt_id": request.receipt_id,
+                    "request_hash": digest,
+                    "units": {str(i): n for i, n in sorted(units.items())},
+                    "amount": result.amount,
+                },
+            )
+            tx.append([ev])
+            balances = self._balances(tx.state(customer_id), when) if customer_id else {}
+            response = {
+                "refund_id": request.refund_id,
+                "receipt_id": request.receipt_id,
+                "customer_id": customer_id,
+                "amount": result.amount,
+                "lines": [{"sku": lines[i].sku, "qty": n} for i, n in sorted(units.items())],
+                "reversed": {**result.reversed_points, **result.reversed_stamps},
+                "returned": {**result.returned_points, **result.returned_stamps},
+                "balances": balances,
+            }
+            tx.set_response(key, response)
+        return response
+
+    # -- adjustments ----------------------------------------------------------------------
+    def adjust(
+        self, customer_id: str, program_id: str, delta: int, reason: str, at: datetime | None = None
+    ) -> dict[str, Any]:
+        when = self.resolve_at(at)
+        program = self.programs.get(program_id)
+        if isinstance(program, PointsProgram):
+            unit = Unit.POINTS
+        elif isinstance(program, StampCardProgram):
+            unit = Unit.STAMPS
+        else:
+            raise DomainError("unknown_program", f"There is no points or stamps program {program_id!r}.")
+        if delta == 0:
+            raise DomainError("invalid_adjustment", "An adjustment must change the balance.")
+        if not reason.strip():
+            raise DomainError("reason_required", "An adjustment needs a reason.")
+        expires = None
+        if isinstance(program, PointsProgram) and delta > 0 and program.expiry_days:
+            expires = when + timedelta(days=program.expiry_days)
+        with self.ledger.transaction() as tx:
+            if tx.customer(customer_id) is None:
+                raise NotFound("unknown_customer", f"No customer has the id {customer_id}.")
+            state = tx.state(customer_id)
+            events = self._expiries_to_record(tx, state, when)
+            events.append(
+                self._event(
+                    Kind.ACCOUNT_ADJUSTED,
+                    when,
+                    customer_id,
+                    postings=(Posting(program_id, unit, delta, expires_at=expires),),
+                    data={"reason": reason},
+                )
+            )
+            tx.append(events)
+            state = tx.state(customer_id)
+        return {"customer_id": customer_id, "balances": self._balances(state, when)}
+
+    # -- health ---------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        with self.ledger.reader() as tx:
+            seq, digest = tx.head()
+        return {
+            "terminal_id": self.settings.terminal_id,
+            "store_id": self.settings.store_id,
+            "online": False,
+            "events_waiting": seq,
+            "head": {"seq": seq, "hash": digest.hex()},
+        }
+
+    # -- views ----------------------------------------------------------------------------
+    def _balances(self, state: CustomerState, at: datetime) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for program in self.programs.programs:
+            if isinstance(program, StampCardProgram):
+                out[program.id] = {
+                    "kind": "stamps",
+                    "balance": state.stamp_count(program.id),
+                    "required": program.required,
+                }
+            elif isinstance(program, PointsProgram):
+                account = state.points.get(program.id)
+                balance = account.spendable(at) if account else 0
+                out[program.id] = {
+                    "kind": "points",
+                    "balance": balance,
+                    "value": max(balance, 0) * program.point_value,
+                }
+        return out
+
+    def _rewards(self, state: CustomerState) -> list[dict[str, Any]]:
+        out = []
+        for card in self.programs.stamp_cards:
+            count = max(state.stamp_count(card.id), 0) // card.required
+            if count:
+                out.append({"program": card.id, "label": card.reward_label, "count": count})
+        return out
+
+    def _expiring(self, state: CustomerState, at: datetime) -> list[dict[str, Any]]:
+        out = []
+        horizon = at + timedelta(days=EXPIRING_SOON_DAYS)
+        for program in self.programs.points:
+            account = state.points.get(program.id)
+            if account is None:
+                continue
+            for lot in sorted(account.lots.values(), key=lambda lot: lot.sort_key()):
+                if lot.expires_at is not None and at < lot.expires_at <= horizon:
+                    out.append(
+                        {"program": program.id, "points": lot.remaining, "expires_at": lot.expires_at.isoformat()}
+                    )
+        return out
+
+
+def _profile_json(profile: Profile) -> dict[str, Any]:
+    return {
+        "name": profile.name,
+        "email": profile.email,
+        "phone": profile.phone,
+        "consents": dict(profile.consents),
+    }
+
+
+def _customer_json(row: Any) -> dict[str, Any]:
+    return {"id": row.customer_id, "enrolled_at": row.enrolled_at, **json.loads(row.profile)}
+
+
+def _history_json(pos: int, ev: Event) -> dict[str, Any]:
+    return {
+        "position": pos,
+        "event_id": ev.id,
+        "kind": ev.kind.value,
+        "at": ev.at.isoformat(),
+        "terminal_id": ev.terminal_id,
+        "key": ev.key,
+        "changes": [{"program": p.program, "unit": p.unit.value, "delta": p.delta} for p in ev.postings],
+        **({"reason": ev.data["reason"]} if "reason" in ev.data else {}),
+        **({"amount": ev.data["amount"]} if "amount" in ev.data else {}),
+    }
+
+
+def points_of(response: Mapping[str, Any], program: str) -> int:
+    """Convenience for tests and the CLI: a program's balance in a response."""
+    return int(response["balances"][program]["balance"])
+
+
+__all__ = ["Profile", "RefundRequest", "SaleRequest", "Service"]

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole gate, in order, stopping at the first failure. Extra arguments go to pytest.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+
+BIN=.venv/bin
+stage() { printf '\n==> %s\n' "$*"; }
+
+stage "ruff check"
+"$BIN/ruff" check .
+
+# Formatting is not enforced yet (the tree is not fully formatted); set POS_LOYALTY_CHECK_FORMAT=1
+# to include it, and make it unconditional once `ruff format .` has been run on the tree.
+if [[ ${POS_LOYALTY_CHECK_FORMAT:-0} == 1 ]]; then
+    stage "ruff format --check"
+    "$BIN/ruff" format --check .
+fi
+
+stage "mypy"
+"$BIN/mypy"
+
+stage "lint-imports"
+"$BIN/lint-imports"
+
+stage "pytest"
+status=0
+"$BIN/python" -m pytest "$@" || status=$?
+if [[ $status -eq 5 ]]; then
+    echo "test: error: pytest collected no tests (exit 5); the gate requires tests to run" >&2
+    exit 1
+fi
+exit "$status"
