@@ -47,10 +47,8 @@ def qr_png(data: str, path: Path | None = None, *, box_size: int = 10) -> bytes:
 
 
 def qr_svg(data: str, path: Path | None = None) -> str:
-    """SVG text (one ``<path>``, sized in mm) of a QR code for ``data``; also written to ``path``."""
-    image = _qr(data, border=_QUIET_ZONE).make_image(
-        image_factory=qrcode.image.svg.SvgPathImage
-    )
+    """SVG text (one ``<path>``, sized in mm) of a QR code for ``data``; also written to path."""
+    image = _qr(data, border=_QUIET_ZONE).make_image(image_factory=qrcode.image.svg.SvgPathImage)
     buffer = io.BytesIO()
     image.save(buffer)
     svg = buffer.getvalue().decode("utf-8")

@@ -12,12 +12,13 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from drivers.payment_guard import carries_payment_card
 from pos_loyalty.config import Settings
-from pos_loyalty.domain import engine, refund as refunds
+from pos_loyalty.domain import engine
+from pos_loyalty.domain import refund as refunds
 from pos_loyalty.domain.basket import Basket
 from pos_loyalty.domain.cardcode import CardCodeError, make_card_code, normalise_card_code
 from pos_loyalty.domain.errors import Conflict, DomainError, NotFound
@@ -65,7 +66,7 @@ def request_hash(raw: Mapping[str, Any]) -> str:
 
 
 def utc(at: datetime) -> datetime:
-    return at.astimezone(timezone.utc)
+    return at.astimezone(UTC)
 
 
 class Service:
@@ -75,7 +76,7 @@ class Service:
         self.settings = settings
         self.programs = settings.programs
         self.ledger = ledger
-        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._clock = clock or (lambda: datetime.now(UTC))
 
     # -- time -----------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -87,10 +88,14 @@ class Service:
         if at is None:
             return now
         if at.tzinfo is None:
-            raise DomainError("invalid_at", "`at` needs a UTC offset, e.g. 2026-11-22T10:15:00+01:00.")
+            raise DomainError(
+                "invalid_at", "`at` needs a UTC offset, e.g. 2026-11-22T10:15:00+01:00."
+            )
         skew = timedelta(seconds=self.settings.max_clock_skew_seconds)
         if utc(at) > now + skew:
-            raise DomainError("at_in_future", "`at` lies in the future; the till's clock says otherwise.")
+            raise DomainError(
+                "at_in_future", "`at` lies in the future; the till's clock says otherwise."
+            )
         return utc(at)
 
     def read_at(self, at: datetime | None) -> datetime:
@@ -98,7 +103,9 @@ class Service:
         if at is None:
             return self.now()
         if at.tzinfo is None:
-            raise DomainError("invalid_at", "`at` needs a UTC offset, e.g. 2026-11-22T10:15:00+01:00.")
+            raise DomainError(
+                "invalid_at", "`at` needs a UTC offset, e.g. 2026-11-22T10:15:00+01:00."
+            )
         return utc(at)
 
     # -- cards ----------------------------------------------------------------------------
@@ -120,23 +127,39 @@ class Service:
         if row is None:
             raise NotFound("unknown_card", f"No loyalty card has the code {code}.")
         if for_write and row.status != "active":
-            raise DomainError("card_blocked", f"The card {code} is blocked: {row.reason or 'no reason given'}.")
+            raise DomainError(
+                "card_blocked", f"The card {code} is blocked: {row.reason or 'no reason given'}."
+            )
         return code, row.customer_id
 
     def _new_card_code(self, tx: Tx) -> str:
+        # Serials below 10**11 start with 0: typed without the prefix, the 13 digits (which
+        # pass Luhn by construction) lie outside every payment network's range.
         while True:
-            code = make_card_code(self.settings.card_prefix, secrets.randbelow(10**12))
+            code = make_card_code(self.settings.card_prefix, secrets.randbelow(10**11))
             if tx.card(code) is None:
                 return code
+
+    def _preset_card_code(self, tx: Tx, scanned: str) -> str:
+        """A pre-printed card handed out at enrolment: valid, and not anybody's yet."""
+        code = self.normalise_scan(scanned)
+        if tx.card(code) is not None:
+            raise Conflict("card_in_use", f"The card {code} already belongs to a customer.")
+        return code
 
     def _event(self, kind: Kind, at: datetime, customer_id: str | None, **kw: Any) -> Event:
         return Event(uuid7(), kind, self.settings.terminal_id, at, customer_id, **kw)
 
     # -- enrol and cards ------------------------------------------------------------------
-    def enrol(self, profile: Profile, at: datetime | None = None) -> dict[str, Any]:
+    def enrol(
+        self, profile: Profile, at: datetime | None = None, card_code: str | None = None
+    ) -> dict[str, Any]:
+        """A new customer with a new card (or the pre-printed ``card_code``) and welcome gifts."""
         when = self.resolve_at(at)
         if profile.referral_code:
-            raise DomainError("unknown_referral_code", "Referral codes are not enabled in this shop.")
+            raise DomainError(
+                "unknown_referral_code", "Referral codes are not enabled in this shop."
+            )
         customer_id = uuid7()
         postings: list[Posting] = []
         welcome: dict[str, int] = {}
@@ -149,10 +172,16 @@ class Service:
                 welcome[target.id] = welcome.get(target.id, 0) + gift.points
         data = {"profile": _profile_json(profile)}
         with self.ledger.transaction() as tx:
-            code = self._new_card_code(tx)
+            code = self._preset_card_code(tx, card_code) if card_code else self._new_card_code(tx)
             tx.append(
                 [
-                    self._event(Kind.CUSTOMER_ENROLLED, when, customer_id, postings=tuple(postings), data=data),
+                    self._event(
+                        Kind.CUSTOMER_ENROLLED,
+                        when,
+                        customer_id,
+                        postings=tuple(postings),
+                        data=data,
+                    ),
                     self._event(Kind.CARD_ISSUED, when, customer_id, data={"code": code}),
                 ]
             )
@@ -178,11 +207,20 @@ class Service:
         with self.ledger.transaction() as tx:
             code, customer_id = self._card_customer(tx, scanned, for_write=True)
             tx.append(
-                [self._event(Kind.CARD_BLOCKED, when, customer_id, data={"code": code, "reason": reason})]
+                [
+                    self._event(
+                        Kind.CARD_BLOCKED, when, customer_id, data={"code": code, "reason": reason}
+                    )
+                ]
             )
-        return {"customer_id": customer_id, "card": {"code": code, "status": "blocked", "reason": reason}}
+        return {
+            "customer_id": customer_id,
+            "card": {"code": code, "status": "blocked", "reason": reason},
+        }
 
-    def replace_card(self, scanned: str, reason: str = "replaced", at: datetime | None = None) -> dict[str, Any]:
+    def replace_card(
+        self, scanned: str, reason: str = "replaced", at: datetime | None = None
+    ) -> dict[str, Any]:
         """Block the old card and issue a new one to the same customer, in one transaction."""
         when = self.resolve_at(at)
         with self.ledger.transaction() as tx:
@@ -190,11 +228,19 @@ class Service:
             new = self._new_card_code(tx)
             tx.append(
                 [
-                    self._event(Kind.CARD_BLOCKED, when, customer_id, data={"code": old, "reason": reason}),
-                    self._event(Kind.CARD_ISSUED, when, customer_id, data={"code": new, "replaces": old}),
+                    self._event(
+                        Kind.CARD_BLOCKED, when, customer_id, data={"code": old, "reason": reason}
+                    ),
+                    self._event(
+                        Kind.CARD_ISSUED, when, customer_id, data={"code": new, "replaces": old}
+                    ),
                 ]
             )
-        return {"customer_id": customer_id, "card": {"code": new, "status": "active"}, "replaced": old}
+        return {
+            "customer_id": customer_id,
+            "card": {"code": new, "status": "active"},
+            "replaced": old,
+        }
 
     # -- look-up --------------------------------------------------------------------------
     def lookup(self, scanned: str, at: datetime | None = None) -> dict[str, Any]:
@@ -213,7 +259,9 @@ class Service:
             "expiring_soon": self._expiring(state, when),
         }
 
-    def customer(self, customer_id: str, *, limit: int = 20, before: int | None = None) -> dict[str, Any]:
+    def customer(
+        self, customer_id: str, *, limit: int = 20, before: int | None = None
+    ) -> dict[str, Any]:
         when = self.now()
         with self.ledger.reader() as tx:
             row = tx.customer(customer_id)
@@ -364,7 +412,9 @@ class Service:
             "balances": self._balances(state, when) if state is not None else {},
             "tier": None,
             "rewards": self._rewards(state) if state is not None else [],
-            "receipt_text": engine.receipt_text(self.programs, state, result) if state is not None else [],
+            "receipt_text": engine.receipt_text(self.programs, state, result)
+            if state is not None
+            else [],
         }
 
     # -- refunds --------------------------------------------------------------------------
@@ -382,10 +432,14 @@ class Service:
                 return self._replay(done, digest)
             sale_receipt = tx.receipt(f"sale:{request.receipt_id}")
             if sale_receipt is None:
-                raise NotFound("unknown_receipt", f"No sale has the receipt id {request.receipt_id!r}.")
+                raise NotFound(
+                    "unknown_receipt", f"No sale has the receipt id {request.receipt_id!r}."
+                )
             sale = tx.event(sale_receipt.event_id)
             assert sale is not None
-            lines = [engine.LineResult.from_json(i, raw) for i, raw in enumerate(sale.data["lines"])]
+            lines = [
+                engine.LineResult.from_json(i, raw) for i, raw in enumerate(sale.data["lines"])
+            ]
             units = refunds.units_to_refund(lines, sale_receipt.refunded, request.lines)
             result = refunds.reverse(
                 sale_event_id=sale.id,
@@ -438,7 +492,9 @@ class Service:
         elif isinstance(program, StampCardProgram):
             unit = Unit.STAMPS
         else:
-            raise DomainError("unknown_program", f"There is no points or stamps program {program_id!r}.")
+            raise DomainError(
+                "unknown_program", f"There is no points or stamps program {program_id!r}."
+            )
         if delta == 0:
             raise DomainError("invalid_adjustment", "An adjustment must change the balance.")
         if not reason.strip():
@@ -514,7 +570,11 @@ class Service:
             for lot in sorted(account.lots.values(), key=lambda lot: lot.sort_key()):
                 if lot.expires_at is not None and at < lot.expires_at <= horizon:
                     out.append(
-                        {"program": program.id, "points": lot.remaining, "expires_at": lot.expires_at.isoformat()}
+                        {
+                            "program": program.id,
+                            "points": lot.remaining,
+                            "expires_at": lot.expires_at.isoformat(),
+                        }
                     )
         return out
 
@@ -540,7 +600,9 @@ def _history_json(pos: int, ev: Event) -> dict[str, Any]:
         "at": ev.at.isoformat(),
         "terminal_id": ev.terminal_id,
         "key": ev.key,
-        "changes": [{"program": p.program, "unit": p.unit.value, "delta": p.delta} for p in ev.postings],
+        "changes": [
+            {"program": p.program, "unit": p.unit.value, "delta": p.delta} for p in ev.postings
+        ],
         **({"reason": ev.data["reason"]} if "reason" in ev.data else {}),
         **({"amount": ev.data["amount"]} if "amount" in ev.data else {}),
     }

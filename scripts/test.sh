@@ -11,12 +11,8 @@ stage() { printf '\n==> %s\n' "$*"; }
 stage "ruff check"
 "$BIN/ruff" check .
 
-# Formatting is not enforced yet (the tree is not fully formatted); set POS_LOYALTY_CHECK_FORMAT=1
-# to include it, and make it unconditional once `ruff format .` has been run on the tree.
-if [[ ${POS_LOYALTY_CHECK_FORMAT:-0} == 1 ]]; then
-    stage "ruff format --check"
-    "$BIN/ruff" format --check .
-fi
+stage "ruff format --check"
+"$BIN/ruff" format --check .
 
 stage "mypy"
 "$BIN/mypy"

@@ -186,7 +186,7 @@ def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, text)).data_dir == tmp_path / "abs"
 
 
-def test_empty_data_dir_is_the_platform_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_data_dir_is_the_platform_default() -> None:
     import platformdirs
 
     expected = Path(platformdirs.user_data_dir("pos-loyalty", appauthor=False))

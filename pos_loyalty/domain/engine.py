@@ -137,7 +137,8 @@ def quote(
     points, codes no program knows).
     """
     lines = [
-        LineResult(i, ln.sku, ln.category, ln.qty, ln.unit_price) for i, ln in enumerate(basket.lines)
+        LineResult(i, ln.sku, ln.category, ln.qty, ln.unit_price)
+        for i, ln in enumerate(basket.lines)
     ]
     result = Quote(lines, [], {}, {}, [])
     if basket.codes:
@@ -239,7 +240,7 @@ def _apply_points_payment(program: PointsProgram, requested: int, result: Quote)
     if used == 0:
         return
     shares = allocate(used, [line.total for line in result.lines], capacity)
-    for line, share in zip(result.lines, shares):
+    for line, share in zip(result.lines, shares, strict=True):
         if share == 0:
             continue
         amount = share * program.point_value

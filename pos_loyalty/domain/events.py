@@ -50,7 +50,11 @@ class Posting:
     expires_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"program": self.program, "unit": self.unit.value, "delta": self.delta}
+        out: dict[str, Any] = {
+            "program": self.program,
+            "unit": self.unit.value,
+            "delta": self.delta,
+        }
         if self.lot is not None:
             out["lot"] = self.lot
         if self.expires_at is not None:

@@ -62,7 +62,7 @@ def allocate(total: int, weights: Sequence[int], caps: Sequence[int] | None = No
     if total == 0 or weight_sum == 0:
         shares = [0] * len(weights)
     else:
-        shares = [min(total * w // weight_sum, cap) for w, cap in zip(weights, limits)]
+        shares = [min(total * w // weight_sum, cap) for w, cap in zip(weights, limits, strict=True)]
         order = sorted(
             range(len(weights)),
             key=lambda i: (-(total * weights[i] % weight_sum), i),

@@ -157,7 +157,8 @@ class ProgramSet:
         for welcome in self.welcomes:
             if welcome.points_program not in points_ids:
                 found.append(
-                    f"{welcome.id}: points_program {welcome.points_program!r} is not a points program"
+                    f"{welcome.id}: points_program {welcome.points_program!r} "
+                    "is not a points program"
                 )
             if welcome.points < 0:
                 found.append(f"{welcome.id}: points must not be negative")

@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from .engine import LineResult
 from .errors import DomainError
 from .events import Posting, Unit
 from .ids import lot_id
 from .money import scale_floor
 from .programs import PointsProgram, ProgramSet
-from .engine import LineResult
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,12 @@ def units_to_refund(
     """
     left = {line.index: line.qty - already.get(line.index, 0) for line in lines}
     if request is None:
-        units = {i: n for i, n in left.items() if n > 0}
-        if not units:
-            raise DomainError("already_refunded", "Everything on this receipt was already refunded.")
-        return units
+        rest = {i: n for i, n in left.items() if n > 0}
+        if not rest:
+            raise DomainError(
+                "already_refunded", "Everything on this receipt was already refunded."
+            )
+        return rest
     units: dict[int, int] = {}
     for item in request:
         if item.qty <= 0:
@@ -102,7 +104,8 @@ def reverse(
 
     def part(values: Mapping[int, int], done: Mapping[int, int]) -> int:
         return sum(
-            scale_floor(values.get(line.index, 0), done.get(line.index, 0), line.qty) for line in lines
+            scale_floor(values.get(line.index, 0), done.get(line.index, 0), line.qty)
+            for line in lines
         )
 
     def delta(pick: str, program: str) -> int:
@@ -143,7 +146,13 @@ def reverse(
             returned_stamps[card.id] = back
             postings.append(Posting(card.id, Unit.STAMPS, back))
     return RefundResult(
-        dict(units), amount, postings, reversed_points, returned_points, reversed_stamps, returned_stamps
+        dict(units),
+        amount,
+        postings,
+        reversed_points,
+        returned_points,
+        reversed_stamps,
+        returned_stamps,
     )
 
 

@@ -64,7 +64,11 @@ class PointsAccount:
     def due(self, at: datetime) -> list[Lot]:
         """Lots with points left whose expiry is at or before ``at``, soonest first."""
         return sorted(
-            (lot for lot in self.lots.values() if lot.expires_at is not None and lot.expires_at <= at),
+            (
+                lot
+                for lot in self.lots.values()
+                if lot.expires_at is not None and lot.expires_at <= at
+            ),
             key=Lot.sort_key,
         )
 
@@ -105,7 +109,9 @@ class CustomerState:
             return
         account = self.account(posting.program)
         if posting.delta >= 0:
-            account.credit(lot_id(event.id, posting.program), posting.delta, event.at, posting.expires_at)
+            account.credit(
+                lot_id(event.id, posting.program), posting.delta, event.at, posting.expires_at
+            )
         else:
             account.debit(-posting.delta, posting.lot)
 

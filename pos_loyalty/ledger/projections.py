@@ -61,8 +61,12 @@ def store_state(conn: Connection, before: CustomerState, after: CustomerState) -
                 )
                 .values(balance=value)
             )
-    old_lots = {lot.lot_id: (prog, lot) for prog, acc in before.points.items() for lot in acc.lots.values()}
-    new_lots = {lot.lot_id: (prog, lot) for prog, acc in after.points.items() for lot in acc.lots.values()}
+    old_lots = {
+        lot.lot_id: (prog, lot) for prog, acc in before.points.items() for lot in acc.lots.values()
+    }
+    new_lots = {
+        lot.lot_id: (prog, lot) for prog, acc in after.points.items() for lot in acc.lots.values()
+    }
     for lot_id in old_lots.keys() - new_lots.keys():
         conn.execute(delete(schema.lots).where(schema.lots.c.lot_id == lot_id))
     for lot_id, (program, lot) in new_lots.items():
@@ -162,7 +166,8 @@ def snapshot(conn: Connection) -> dict[str, Any]:
         "customers": sorted(tuple(r) for r in conn.execute(select(schema.customers))),
         "cards": sorted(tuple(r) for r in conn.execute(select(schema.cards))),
         "balances": sorted(
-            tuple(r) for r in conn.execute(select(schema.balances).where(schema.balances.c.balance != 0))
+            tuple(r)
+            for r in conn.execute(select(schema.balances).where(schema.balances.c.balance != 0))
         ),
         "lots": sorted(tuple(r) for r in conn.execute(select(schema.lots))),
         "receipts": sorted(

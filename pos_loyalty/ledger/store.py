@@ -160,7 +160,9 @@ class Tx:
             is not None
         )
 
-    def history(self, customer_id: str, limit: int = 50, before: int | None = None) -> list[tuple[int, Event]]:
+    def history(
+        self, customer_id: str, limit: int = 50, before: int | None = None
+    ) -> list[tuple[int, Event]]:
         """Events of a customer, newest first, with their local position (for paging)."""
         query = select(schema.events).where(schema.events.c.customer_id == customer_id)
         if before is not None:
@@ -170,7 +172,9 @@ class Tx:
 
     def head(self, terminal_id: str | None = None) -> tuple[int, bytes]:
         row = self.conn.execute(
-            select(schema.heads).where(schema.heads.c.terminal_id == (terminal_id or self.terminal_id))
+            select(schema.heads).where(
+                schema.heads.c.terminal_id == (terminal_id or self.terminal_id)
+            )
         ).first()
         return (0, GENESIS) if row is None else (row.seq, row.hash)
 

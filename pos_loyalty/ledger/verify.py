@@ -24,7 +24,11 @@ class Problem:
     seq: int | None = None
 
     def __str__(self) -> str:
-        where = f"event {self.event_id} (till {self.terminal_id}, seq {self.seq}): " if self.event_id else ""
+        where = (
+            f"event {self.event_id} (till {self.terminal_id}, seq {self.seq}): "
+            if self.event_id
+            else ""
+        )
         return where + self.what
 
 
@@ -60,17 +64,26 @@ def verify(ledger: Ledger) -> Report:
             if row.seq != seq + 1:
                 gap = f"after seq {seq}" + (f" (event {prev_id})" if prev_id else "")
                 report.problems.append(
-                    Problem(f"sequence gap: expected seq {seq + 1} {gap}", row.id, row.terminal_id, row.seq)
+                    Problem(
+                        f"sequence gap: expected seq {seq + 1} {gap}",
+                        row.id,
+                        row.terminal_id,
+                        row.seq,
+                    )
                 )
                 return report
             if bytes(row.prev_hash) != prev:
                 report.problems.append(
-                    Problem("does not chain to the previous event", row.id, row.terminal_id, row.seq)
+                    Problem(
+                        "does not chain to the previous event", row.id, row.terminal_id, row.seq
+                    )
                 )
                 return report
             if chain_hash(prev, ev) != bytes(row.hash):
                 report.problems.append(
-                    Problem("content does not match its hash (edited)", row.id, row.terminal_id, row.seq)
+                    Problem(
+                        "content does not match its hash (edited)", row.id, row.terminal_id, row.seq
+                    )
                 )
                 return report
             last[row.terminal_id] = (row.seq, bytes(row.hash), row.id)
@@ -113,11 +126,22 @@ def rebuild(ledger: Ledger) -> None:
     with ledger.transaction() as tx:
         conn = tx.conn
         responses = {r.key: r.response for r in conn.execute(select(schema.receipts))}
-        for table in (schema.customers, schema.cards, schema.balances, schema.lots, schema.receipts):
+        for table in (
+            schema.customers,
+            schema.cards,
+            schema.balances,
+            schema.lots,
+            schema.receipts,
+        ):
             conn.execute(table.delete())
-        events = [event_from_row(r) for r in conn.execute(select(schema.events).order_by(schema.events.c.pos))]
+        events = [
+            event_from_row(r)
+            for r in conn.execute(select(schema.events).order_by(schema.events.c.pos))
+        ]
         rebuild_into(conn, events)
         for key, response in responses.items():
             conn.execute(
-                schema.receipts.update().where(schema.receipts.c.key == key).values(response=response)
+                schema.receipts.update()
+                .where(schema.receipts.c.key == key)
+                .values(response=response)
             )

@@ -1,0 +1,301 @@
+"""The plugin API (DESIGN.md): JSON over HTTP on localhost, versioned under /v1.
+
+Thin: validates requests (pydantic), calls the service, maps refusals to
+``{"error": {"code", "message"}}`` with a 4xx status. Nothing here decides loyalty.
+Card codes never reach a log: the access log is off, and our own request log names the
+route, not the path (a path can hold what a cashier scanned).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pos_loyalty import qr
+from pos_loyalty.domain.basket import Basket, BasketLine, Redemption
+from pos_loyalty.domain.errors import DomainError
+from pos_loyalty.domain.refund import RefundRequestLine
+from pos_loyalty.ledger.store import LedgerError
+from pos_loyalty.service import Profile, RefundRequest, SaleRequest, Service
+
+log = logging.getLogger("pos_loyalty.api")
+
+Id = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+Name = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LineIn(_In):
+    sku: Name
+    category: Annotated[StrictStr, Field(max_length=64)] | None = None
+    qty: Annotated[StrictInt, Field(ge=1, le=10_000)]
+    unit_price: Annotated[StrictInt, Field(ge=0, le=100_000_000)]
+
+
+class RedeemIn(_In):
+    program: Name
+    points: Annotated[StrictInt, Field(ge=1, le=1_000_000_000)]
+
+
+class BasketIn(_In):
+    receipt_id: Id | None = None
+    card: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
+    at: StrictStr | None = None
+    lines: Annotated[list[LineIn], Field(min_length=1, max_length=500)]
+    codes: Annotated[list[Annotated[StrictStr, Field(max_length=64)]], Field(max_length=20)] = []
+    redeem: Annotated[list[RedeemIn], Field(max_length=10)] = []
+    flags: Annotated[list[Name], Field(max_length=20)] = []
+
+
+class EnrolIn(_In):
+    name: Annotated[StrictStr, Field(max_length=200)] | None = None
+    email: Annotated[StrictStr, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    phone: Annotated[StrictStr, Field(max_length=32, pattern=r"^\+?[0-9 ()-]{3,31}$")] | None = None
+    consents: Annotated[dict[Name, StrictBool], Field(max_length=20)] = {}
+    referral_code: Annotated[StrictStr, Field(max_length=64)] | None = None
+    at: StrictStr | None = None
+
+
+class RefundLineIn(_In):
+    sku: Name
+    qty: Annotated[StrictInt, Field(ge=1, le=10_000)]
+
+
+class RefundIn(_In):
+    refund_id: Id
+    receipt_id: Id
+    lines: Annotated[list[RefundLineIn], Field(min_length=1, max_length=500)] | None = None
+    full: StrictBool = False
+    at: StrictStr | None = None
+
+
+class AdjustIn(_In):
+    program: Name
+    delta: Annotated[StrictInt, Field(ge=-1_000_000_000, le=1_000_000_000)]
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=500)]
+    at: StrictStr | None = None
+
+
+class BlockIn(_In):
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=500)] = "blocked at the till"
+    at: StrictStr | None = None
+
+
+class LookupIn(_In):
+    code: Annotated[StrictStr, Field(min_length=1, max_length=512)]
+    at: StrictStr | None = None
+
+
+def parse_at(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise DomainError(
+            "invalid_at",
+            "`at` must be an ISO 8601 time with offset, e.g. 2026-11-22T10:15:00+01:00.",
+        ) from None
+    if parsed.tzinfo is None:
+        raise DomainError("invalid_at", "`at` needs a UTC offset, e.g. 2026-11-22T10:15:00+01:00.")
+    return parsed
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether announced or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await error(
+                    413, "body_too_large", f"Request bodies are limited to {self.limit} bytes."
+                )(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    # An HTTPException passes FastAPI's body parsing untouched and reaches
+                    # the handler below, which answers 413 body_too_large.
+                    raise StarletteHTTPException(
+                        413, f"Request bodies are limited to {self.limit} bytes."
+                    )
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return 400, "malformed_json", "The request body is not valid JSON."
+    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    msg = first.get("msg", "is invalid")
+    if not loc:  # the body as a whole: missing, or not a JSON object
+        return 400, "malformed_json", "The request body must be a JSON object."
+    return 422, "invalid_request", f"{loc or 'request'}: {msg}."
+
+
+def create_app(service: Service, *, status: Any = None) -> FastAPI:
+    """The plugin API over ``service``. ``status`` may supply extra health fields (sync)."""
+    app = FastAPI(
+        title="pos-loyalty plugin API",
+        version="1",
+        description="Loyalty for any till: quote, commit and refund baskets; look up cards.",
+    )
+
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        return error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(*_validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(LedgerError)
+    async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
+        log.error("ledger unavailable: %s", exc)
+        return error(503, "ledger_unavailable", "The till's ledger cannot be used right now.")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        route = request.scope.get("route")
+        log.error("internal error in %s: %s", getattr(route, "path", "?"), type(exc).__name__)
+        return error(
+            500, "internal_error", "Something went wrong at the till; nothing was changed."
+        )
+
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        out = service.health()
+        if status is not None:
+            out.update(status())
+        return out
+
+    @app.post("/v1/customers", status_code=201)
+    def enrol(body: EnrolIn) -> dict[str, Any]:
+        result = service.enrol(
+            Profile(body.name, body.email, body.phone, dict(body.consents), body.referral_code),
+            parse_at(body.at),
+        )
+        code = result["card"]["code"]
+        result["card"]["qr_svg"] = qr.qr_svg(code)
+        result["card"]["qr_png"] = f"/v1/cards/{code}/qr.png"
+        return result
+
+    @app.get("/v1/customers/{customer_id}")
+    def customer(
+        customer_id: str,
+        limit: Annotated[int, Query(ge=1, le=200)] = 20,
+        before: Annotated[int | None, Query(ge=1)] = None,
+    ) -> dict[str, Any]:
+        return service.customer(customer_id, limit=limit, before=before)
+
+    @app.post("/v1/customers/{customer_id}/cards", status_code=201)
+    def issue_card(customer_id: str) -> dict[str, Any]:
+        return service.issue_card(customer_id)
+
+    @app.post("/v1/customers/{customer_id}/adjustments", status_code=201)
+    def adjust(customer_id: str, body: AdjustIn) -> dict[str, Any]:
+        return service.adjust(customer_id, body.program, body.delta, body.reason, parse_at(body.at))
+
+    @app.get("/v1/cards/{code}")
+    def card(code: str, at: str | None = None) -> dict[str, Any]:
+        return service.lookup(code, parse_at(at))
+
+    @app.post("/v1/cards/lookup")
+    def card_lookup(body: LookupIn) -> dict[str, Any]:
+        """The same as ``GET /v1/cards/{code}`` for scans that don't fit in a URL (tracks)."""
+        return service.lookup(body.code, parse_at(body.at))
+
+    @app.get("/v1/cards/{code}/qr.png")
+    def card_png(code: str) -> Response:
+        service.lookup(code)
+        return Response(qr.qr_png(service.normalise_scan(code)), media_type="image/png")
+
+    @app.get("/v1/cards/{code}/qr.svg")
+    def card_svg(code: str) -> Response:
+        service.lookup(code)
+        return Response(qr.qr_svg(service.normalise_scan(code)), media_type="image/svg+xml")
+
+    @app.post("/v1/cards/{code}/block")
+    def block(code: str, body: BlockIn) -> dict[str, Any]:
+        return service.block_card(code, body.reason, parse_at(body.at))
+
+    @app.post("/v1/cards/{code}/replace", status_code=201)
+    def replace(code: str, body: BlockIn) -> dict[str, Any]:
+        return service.replace_card(code, body.reason, parse_at(body.at))
+
+    @app.post("/v1/baskets/quote")
+    def quote(body: BasketIn) -> dict[str, Any]:
+        return service.quote(sale_request(body))
+
+    @app.post("/v1/baskets/commit")
+    def commit(body: BasketIn) -> dict[str, Any]:
+        if body.receipt_id is None:
+            raise DomainError("receipt_id_required", "A commit needs the POS's `receipt_id`.")
+        return service.commit(sale_request(body))
+
+    @app.post("/v1/refunds")
+    def refund(body: RefundIn) -> dict[str, Any]:
+        if body.full == (body.lines is not None):
+            raise DomainError("invalid_request", "Give either `lines` or `full: true`, not both.")
+        lines = None
+        if body.lines is not None:
+            lines = tuple(RefundRequestLine(ln.sku, ln.qty) for ln in body.lines)
+        return service.refund(
+            RefundRequest(
+                body.refund_id,
+                body.receipt_id,
+                lines,
+                parse_at(body.at),
+                body.model_dump(mode="json"),
+            )
+        )
+
+    app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
+    return app
+
+
+def sale_request(body: BasketIn) -> SaleRequest:
+    basket = Basket(
+        lines=tuple(BasketLine(ln.sku, ln.qty, ln.unit_price, ln.category) for ln in body.lines),
+        codes=tuple(body.codes),
+        redeem=tuple(Redemption(r.program, r.points) for r in body.redeem),
+        flags=tuple(body.flags),
+    )
+    return SaleRequest(
+        basket, body.card, body.receipt_id, parse_at(body.at), body.model_dump(mode="json")
+    )
