@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -72,11 +72,20 @@ def utc(at: datetime) -> datetime:
 class Service:
     """The till's commands over one ledger and one program set."""
 
-    def __init__(self, settings: Settings, ledger: Ledger, clock: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        clock: Callable[[], datetime] | None = None,
+        online: Callable[[], bool] | None = None,
+    ) -> None:
+        """``online`` says whether the central server currently confirms redemptions
+        (the sync service provides it); until then a till with sync enabled is offline."""
         self.settings = settings
         self.programs = settings.programs
         self.ledger = ledger
         self._clock = clock or (lambda: datetime.now(UTC))
+        self.online = online or (lambda: False)
 
     # -- time -----------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -320,6 +329,8 @@ class Service:
                 state = tx.state(customer_id)
                 new_events.extend(self._expiries_to_record(tx, state, when))
             result = engine.quote(request.basket, state, self.programs, when)
+            if customer_id is not None and result.postings:
+                self._check_offline_limits(tx, customer_id, result, when)
             sale = self._event(
                 Kind.SALE_COMMITTED,
                 when,
@@ -341,6 +352,33 @@ class Service:
             response = self._sale_response(request.receipt_id, result, state, customer_id, when)
             tx.set_response(key, response)
         return response
+
+    def _check_offline_limits(
+        self, tx: Tx, customer_id: str, result: engine.Quote, at: datetime
+    ) -> None:
+        """Bound what tills can overspend between syncs (DESIGN invariant 8).
+
+        Applies only to a till that syncs with a server and cannot reach it now: a
+        stand-alone till's ledger is the one truth, so nothing can be overspent. Days are
+        UTC days of the sale's ``at``.
+        """
+        if not self.settings.sync.enabled or self.online():
+            return
+        wanted = sum(-p.delta for p in result.postings if p.unit is Unit.POINTS and p.delta < 0)
+        if wanted == 0:
+            return
+        start = at.replace(hour=0, minute=0, second=0, microsecond=0)
+        lo, hi = start.isoformat(), (start + timedelta(days=1)).isoformat()
+        limits = self.settings.offline
+        card_left = limits.points_per_card_per_day - tx.redeemed_between(lo, hi, customer_id)
+        till_left = limits.points_per_terminal_per_day - tx.redeemed_between(lo, hi)
+        allowed = max(0, min(card_left, till_left))
+        if wanted > allowed:
+            raise DomainError(
+                "offline_limit_exceeded",
+                f"The till is offline: at most {allowed} more points can be redeemed "
+                "today on this card at this till.",
+            )
 
     def _replay(self, done: Any, digest: str) -> dict[str, Any]:
         if done.request_hash != digest:

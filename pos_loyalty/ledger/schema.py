@@ -40,6 +40,7 @@ events = Table(
     UniqueConstraint("terminal_id", "seq", name="uq_events_terminal_seq"),
 )
 Index("ix_events_customer", events.c.customer_id, events.c.pos)
+Index("ix_events_terminal_kind_at", events.c.terminal_id, events.c.kind, events.c.at)
 
 heads = Table(
     "heads",

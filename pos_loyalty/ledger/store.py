@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from pos_loyalty.domain.events import Event
+from pos_loyalty.domain.events import Event, Kind
 from pos_loyalty.domain.state import CustomerState
 
 from . import schema
@@ -169,6 +169,24 @@ class Tx:
             query = query.where(schema.events.c.pos < before)
         query = query.order_by(schema.events.c.pos.desc()).limit(limit)
         return [(row.pos, event_from_row(row)) for row in self.conn.execute(query)]
+
+    def redeemed_between(self, start: str, end: str, customer_id: str | None = None) -> int:
+        """Points this till's sales redeemed with ``start <= at < end`` (ISO UTC strings)."""
+        ev = schema.events
+        query = select(ev.c.payload).where(
+            ev.c.terminal_id == self.terminal_id,
+            ev.c.kind == Kind.SALE_COMMITTED.value,
+            ev.c.at >= start,
+            ev.c.at < end,
+        )
+        if customer_id is not None:
+            query = query.where(ev.c.customer_id == customer_id)
+        total = 0
+        for (payload,) in self.conn.execute(query):
+            for posting in json.loads(payload)["p"]:
+                if posting["unit"] == "points" and posting["delta"] < 0:
+                    total -= int(posting["delta"])
+        return total
 
     def head(self, terminal_id: str | None = None) -> tuple[int, bytes]:
         row = self.conn.execute(

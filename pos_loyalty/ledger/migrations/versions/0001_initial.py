@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("terminal_id", "seq", name="uq_events_terminal_seq"),
     )
     op.create_index("ix_events_customer", "events", ["customer_id", "pos"])
+    op.create_index("ix_events_terminal_kind_at", "events", ["terminal_id", "kind", "at"])
     op.create_table(
         "heads",
         sa.Column("terminal_id", sa.String(64), primary_key=True),
