@@ -141,7 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--demo", action="store_true", help="create the demo customers on first run")
+    for extension in extensions():
+        extension.register(sub)
     return parser
+
+
+def extensions() -> list[Any]:
+    """The command modules of ``pos_loyalty.commands`` that are present."""
+    from importlib import import_module
+
+    from pos_loyalty.commands import EXTENSIONS
+
+    found = []
+    for name in EXTENSIONS:
+        try:
+            found.append(import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,6 +190,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.command == "agent":
         return run_agent(args, settings)
+    for extension in extensions():
+        if args.command in extension.COMMANDS:
+            return int(extension.run(args, settings))
     if args.command == "card" and args.card_command == "qr":
         return card_qr(args, settings)
     service = open_service(settings)

@@ -57,16 +57,19 @@ def test_scale_floor_truncates_toward_zero() -> None:
 
 
 def test_allocate_in_proportion() -> None:
-    assert allocate(100, [1, 1, 2]) == [25, 25, 50]
+    assert allocate(100, [1, 1, 2], caps=[100, 100, 100]) == [25, 25, 50]
     assert allocate(10, [300, 700]) == [3, 7]
 
 
 def test_allocate_largest_remainder() -> None:
     # 10 over 3:3:4 → 3, 3, 4 exactly; 7 over 1:1:1 → 2.33 each, the first gets the extra.
-    assert allocate(10, [3, 3, 4]) == [3, 3, 4]
-    assert allocate(7, [1, 1, 1]) == [3, 2, 2]
+    assert allocate(10, [30, 30, 40]) == [3, 3, 4]
+    assert allocate(7, [10, 10, 10]) == [3, 2, 2]
     # remainders 0.6 / 0.4: the larger remainder wins even at a later index
     assert allocate(1, [2, 3]) == [0, 1]
+    # 5 over 10:10:10:70 → 0.5, 0.5, 0.5, 3.5: two units left over, four equal remainders,
+    # so the two earliest indices get them
+    assert allocate(5, [10, 10, 10, 70]) == [1, 1, 0, 3]
 
 
 def test_allocate_ties_go_to_the_earlier_index() -> None:
