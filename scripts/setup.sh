@@ -9,7 +9,7 @@ say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # --- system packages (libzbar0 for pyzbar; postgresql for the sync tests) -------------------
-SYSTEM_PACKAGES=(libzbar0 postgresql)
+SYSTEM_PACKAGES=(libzbar0 postgresql ghostscript tmux)
 if command -v dpkg >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     missing=()
     for pkg in "${SYSTEM_PACKAGES[@]}"; do
