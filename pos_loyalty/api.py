@@ -20,11 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pos_loyalty import qr
-from pos_loyalty.domain.basket import Basket, BasketLine, Redemption
+from pos_loyalty.domain.basket import Basket, BasketLine, Redemption, WalletPayment
 from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.domain.refund import RefundRequestLine
 from pos_loyalty.ledger.store import LedgerError
 from pos_loyalty.service import Profile, RefundRequest, SaleRequest, Service
+from pos_loyalty.sse import events_router
 
 log = logging.getLogger("pos_loyalty.api")
 
@@ -48,14 +49,33 @@ class RedeemIn(_In):
     points: Annotated[StrictInt, Field(ge=1, le=1_000_000_000)]
 
 
+class WalletIn(_In):
+    program: Name
+    amount: Annotated[StrictInt, Field(ge=1, le=100_000_000)]
+
+
+class CouponIn(_In):
+    program: Name
+    customer_id: Annotated[StrictStr, Field(min_length=1, max_length=36)] | None = None
+    at: StrictStr | None = None
+
+
+class PayoutIn(_In):
+    program: Name
+    amount: Annotated[StrictInt, Field(ge=1, le=100_000_000)]
+    at: StrictStr | None = None
+
+
 class BasketIn(_In):
     receipt_id: Id | None = None
     card: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
     at: StrictStr | None = None
     lines: Annotated[list[LineIn], Field(min_length=1, max_length=500)]
-    codes: Annotated[list[Annotated[StrictStr, Field(max_length=64)]], Field(max_length=20)] = []
+    # promo codes (up to 32 characters) and signed coupon codes (137 characters)
+    codes: Annotated[list[Annotated[StrictStr, Field(max_length=160)]], Field(max_length=20)] = []
     redeem: Annotated[list[RedeemIn], Field(max_length=10)] = []
     flags: Annotated[list[Name], Field(max_length=20)] = []
+    wallet: Annotated[list[WalletIn], Field(max_length=10)] = []
 
 
 class EnrolIn(_In):
@@ -64,6 +84,7 @@ class EnrolIn(_In):
     phone: Annotated[StrictStr, Field(max_length=32, pattern=r"^\+?[0-9 ()-]{3,31}$")] | None = None
     consents: Annotated[dict[Name, StrictBool], Field(max_length=20)] = {}
     referral_code: Annotated[StrictStr, Field(max_length=64)] | None = None
+    tags: Annotated[list[Name], Field(max_length=20)] = []
     at: StrictStr | None = None
 
 
@@ -163,7 +184,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "invalid_request", f"{loc or 'request'}: {msg}."
 
 
-def create_app(service: Service, *, status: Any = None) -> FastAPI:
+def create_app(service: Service, *, status: Any = None, bus: Any = None) -> FastAPI:
     """The plugin API over ``service``. ``status`` may supply extra health fields (sync)."""
     app = FastAPI(
         title="pos-loyalty plugin API",
@@ -173,7 +194,13 @@ def create_app(service: Service, *, status: Any = None) -> FastAPI:
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        return error(exc.status, exc.code, exc.message)
+        response = error(exc.status, exc.code, exc.message)
+        if exc.detail:  # e.g. minimum_not_met carries "missing": the amount still missing
+            return JSONResponse(
+                {"error": {"code": exc.code, "message": exc.message, **exc.detail}},
+                status_code=exc.status,
+            )
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -181,7 +208,12 @@ def create_app(service: Service, *, status: Any = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        codes = {
+            400: "malformed_json",  # Starlette could not parse the body at all
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "body_too_large",
+        }
         return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
     @app.exception_handler(LedgerError)
@@ -207,13 +239,28 @@ def create_app(service: Service, *, status: Any = None) -> FastAPI:
     @app.post("/v1/customers", status_code=201)
     def enrol(body: EnrolIn) -> dict[str, Any]:
         result = service.enrol(
-            Profile(body.name, body.email, body.phone, dict(body.consents), body.referral_code),
+            Profile(
+                body.name,
+                body.email,
+                body.phone,
+                dict(body.consents),
+                body.referral_code,
+                tuple(body.tags),
+            ),
             parse_at(body.at),
         )
         code = result["card"]["code"]
         result["card"]["qr_svg"] = qr.qr_svg(code)
         result["card"]["qr_png"] = f"/v1/cards/{code}/qr.png"
         return result
+
+    @app.post("/v1/coupons", status_code=201)
+    def issue_coupon(body: CouponIn) -> dict[str, Any]:
+        return service.issue_coupon(body.program, body.customer_id, parse_at(body.at))
+
+    @app.post("/v1/customers/{customer_id}/wallet/payout")
+    def payout(customer_id: str, body: PayoutIn) -> dict[str, Any]:
+        return service.wallet_payout(customer_id, body.program, body.amount, parse_at(body.at))
 
     @app.get("/v1/customers/{customer_id}")
     def customer(
@@ -271,7 +318,7 @@ def create_app(service: Service, *, status: Any = None) -> FastAPI:
     @app.post("/v1/refunds")
     def refund(body: RefundIn) -> dict[str, Any]:
         if body.full == (body.lines is not None):
-            raise DomainError("invalid_request", "Give either `lines` or `full: true`, not both.")
+            raise DomainError("invalid_request", "Give exactly one of `lines` or `full: true`.")
         lines = None
         if body.lines is not None:
             lines = tuple(RefundRequestLine(ln.sku, ln.qty) for ln in body.lines)
@@ -285,6 +332,7 @@ def create_app(service: Service, *, status: Any = None) -> FastAPI:
             )
         )
 
+    app.include_router(events_router(bus, hello=service.health))  # GET /v1/events (SSE)
     app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
     return app
 
@@ -295,6 +343,7 @@ def sale_request(body: BasketIn) -> SaleRequest:
         codes=tuple(body.codes),
         redeem=tuple(Redemption(r.program, r.points) for r in body.redeem),
         flags=tuple(body.flags),
+        wallet=tuple(WalletPayment(w.program, w.amount) for w in body.wallet),
     )
     return SaleRequest(
         basket, body.card, body.receipt_id, parse_at(body.at), body.model_dump(mode="json")

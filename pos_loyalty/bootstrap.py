@@ -1,14 +1,20 @@
-"""Composition root helpers: settings → ledger → service (used by the CLI and tests)."""
+"""Composition root helpers: settings → ledger → service (+ embedded sync), for the CLI,
+the terminal and tests. The only place that wires concrete classes together."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pos_loyalty.config import Settings
 from pos_loyalty.ledger.store import Ledger
 from pos_loyalty.service import Service
 
 LEDGER_FILE = "ledger.sqlite"
+log = logging.getLogger(__name__)
 
 
 def ledger_path(settings: Settings) -> Path:
@@ -17,3 +23,51 @@ def ledger_path(settings: Settings) -> Path:
 
 def open_service(settings: Settings) -> Service:
     return Service(settings, Ledger(ledger_path(settings), settings.terminal_id))
+
+
+@dataclass
+class EmbeddedSync:
+    """The sync worker running inside a terminal/agent process, or why it is not."""
+
+    status: Callable[[], dict[str, Any]]
+    stop: Callable[[], None]
+    note: str
+
+
+def _offline_status(note: str) -> Callable[[], dict[str, Any]]:
+    def status() -> dict[str, Any]:
+        return {"online": False, "sync": {"online": False, "state": note}}
+
+    return status
+
+
+def start_embedded_sync(service: Service) -> EmbeddedSync:
+    """Start syncing in a background thread when the config enables it and the till is paired.
+
+    Wires the worker's ``online`` into the service (offline redemption limits) and returns
+    a status provider for ``/v1/health`` and the UI. Never raises: a till works offline.
+    """
+    settings = service.settings
+    if not settings.sync.enabled:
+        note = "sync not configured"
+        return EmbeddedSync(_offline_status(note), lambda: None, note)
+    from pos_loyalty.ledger.replication import Replica
+    from sync.daemon import AlreadyRunning, SyncWorker
+
+    credentials = Replica(service.ledger).credentials()
+    if credentials is None:
+        note = "not paired: run `pos-loyalty pair --server URL --token T`"
+        return EmbeddedSync(_offline_status(note), lambda: None, note)
+    worker = SyncWorker(
+        service.ledger,
+        credentials,
+        data_dir=settings.data_dir,
+        interval=float(settings.sync.interval_seconds),
+    )
+    try:
+        worker.start_thread()
+    except AlreadyRunning:
+        note = "a separate `pos-loyalty sync` process syncs this ledger"
+        return EmbeddedSync(_offline_status(note), lambda: None, note)
+    service.online = worker.online
+    return EmbeddedSync(worker.status, worker.stop, f"syncing with {credentials.server_url}")

@@ -309,13 +309,14 @@ def run_agent(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from pos_loyalty.api import create_app
-    from pos_loyalty.bootstrap import open_service
+    from pos_loyalty.bootstrap import open_service, start_embedded_sync
     from pos_loyalty.demo import seed_demo
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     service = open_service(settings)
+    embedded = start_embedded_sync(service)
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
     if not 0 <= port <= 65535:
@@ -329,7 +330,17 @@ def run_agent(args: argparse.Namespace, settings: Settings) -> int:
         flush=True,
     )
     # access_log off: request paths can hold scanned codes, which must never be logged.
-    uvicorn.run(create_app(service), host=host, port=port, access_log=False, log_level="warning")
+    print(f"sync: {embedded.note}", flush=True)
+    try:
+        uvicorn.run(
+            create_app(service, status=embedded.status),
+            host=host,
+            port=port,
+            access_log=False,
+            log_level="warning",
+        )
+    finally:
+        embedded.stop()
     return 0
 
 

@@ -19,6 +19,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -28,12 +29,29 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from pos_loyalty.domain.programs import (
+    BuyXGetYProgram,
+    CashbackProgram,
+    ComboProgram,
+    CouponProgram,
+    Downgrade,
+    GiftProgram,
+    GreenProgram,
+    MemberOfferProgram,
+    NextVisitProgram,
+    Nudges,
     PointsProgram,
     Program,
     ProgramSet,
+    PromoCodeProgram,
+    ReferralProgram,
+    ReferralTrigger,
+    Scope,
     StampBasis,
     StampCardProgram,
     StampReward,
+    Target,
+    TierLevel,
+    TierProgram,
     WelcomeProgram,
 )
 
@@ -115,6 +133,8 @@ class Settings:
     sync: SyncConfig
     programs: ProgramSet
     source: str  # path of the file read, or EMBEDDED_SOURCE
+    coupon_key_file: Path = Path("coupon-signing.key")  # this till's Ed25519 key (raw seed)
+    coupon_trusted_keys: tuple[str, ...] = ()  # other tills' / HQ's public keys (hex)
 
 
 # --------------------------------------------------------------------------- leaf validators
@@ -189,6 +209,17 @@ Currency = Annotated[
 CardPrefix = Annotated[str, _matching(r"[A-Z]{1,4}", "1 to 4 capital letters")]
 OptionalUrl = Annotated[str, _checked(_is_optional_url, '"" or an http:// or https:// address')]
 ReaderKind = Annotated[str, _one_of(READER_KINDS)]
+BasisPoints = Annotated[int, _int_at_least(0, 10000, "basis points from 0 to 10000 (1500 = 15%)")]
+Moment = Annotated[
+    datetime,
+    _checked(
+        lambda v: isinstance(v, datetime) and v.tzinfo is not None,
+        "a date and time with offset, unquoted, e.g. 2026-11-27T00:00:00+01:00",
+    ),
+]
+HexKey = Annotated[
+    str, _matching(r"[0-9a-fA-F]{64}", "an Ed25519 public key as 64 hexadecimal digits")
+]
 StampBasisName = Annotated[str, _one_of([b.value for b in StampBasis])]
 StampRewardName = Annotated[str, _one_of([r.value for r in StampReward])]
 
@@ -233,6 +264,21 @@ class _Sync(_Section):
     interval_seconds: PosInt = 30
 
 
+class _Guards(_Section):
+    max_discount_bp: BasisPoints = 10000
+
+
+class _NudgesSection(_Section):
+    enabled: Flag = True
+    stamps_within: NonNegInt = 1
+    spend_within: NonNegInt = 500
+
+
+class _Coupons(_Section):
+    key_file: Text = "coupon-signing.key"
+    trusted_keys: Annotated[list[HexKey], Field(default_factory=list)]
+
+
 class _Reader(_Section):
     name: Ident
     kind: ReaderKind
@@ -247,6 +293,9 @@ class _File(_Section):
     api: _Api = _Api()
     offline: _Offline = _Offline()
     sync: _Sync = _Sync()
+    guards: _Guards = _Guards()
+    nudges: _NudgesSection = _NudgesSection()
+    coupons: _Coupons = Field(default_factory=lambda: _Coupons(trusted_keys=[]))
     # No [[readers]] at all: the keyboard (a keyboard-wedge scanner, or typing) is the reader.
     readers: list[_Reader] = Field(
         default_factory=lambda: [_Reader(name="keyboard", kind="keyboard")]
@@ -316,10 +365,255 @@ class _Welcome(_ProgramBase):
         )
 
 
-_PROGRAM_KINDS: dict[str, type[_Stamps] | type[_Points] | type[_Welcome]] = {
+class _Promo(_ProgramBase):
+    """Fields every promotion has: on/off, stacking and validity guards."""
+
+    enabled: Flag = True
+    priority: NonNegInt = 100
+    exclusive: Flag = False
+    valid_from: Moment | None = None
+    valid_until: Moment | None = None
+    stores: TextList = Field(default_factory=list)
+
+    def scope(self) -> Scope:
+        return Scope(
+            self.priority,
+            self.exclusive,
+            self.valid_from,
+            self.valid_until,
+            frozenset(self.stores),
+        )
+
+
+class _Targeted(_Promo):
+    categories: TextList = Field(default_factory=list)
+    skus: TextList = Field(default_factory=list)
+
+    def target(self) -> Target:
+        return Target(frozenset(self.categories), frozenset(self.skus))
+
+
+class _Level(_Section):
+    name: Ident
+    threshold: NonNegInt
+    points_multiplier_percent: PosInt = 100
+    percent_off_bp: BasisPoints = 0
+
+
+class _Tiers(_Promo):
+    window: Annotated[str, _one_of(["lifetime", "rolling"])] = "lifetime"
+    window_days: NonNegInt = 0
+    downgrade: Annotated[str, _one_of([d.value for d in Downgrade])] = "never"
+    excluded_categories: TextList = Field(default_factory=list)
+    levels: list[_Level]
+
+    def build(self) -> TierProgram:
+        if self.window == "rolling" and self.window_days < 1:
+            raise ValueError("window_days must be at least 1 for a rolling window")
+        return TierProgram(
+            self.id,
+            self.label,
+            tuple(
+                TierLevel(lv.name, lv.threshold, lv.points_multiplier_percent, lv.percent_off_bp)
+                for lv in self.levels
+            ),
+            self.window_days if self.window == "rolling" else 0,
+            Downgrade(self.downgrade),
+            frozenset(self.excluded_categories),
+            self.scope(),
+        )
+
+
+class _PromoCode(_Targeted):
+    code: Annotated[str, _matching(r"[A-Za-z0-9_-]{2,32}", "2 to 32 letters or digits")]
+    percent_bp: BasisPoints = 0
+    amount: NonNegInt = 0
+    min_amount: NonNegInt = 0
+    min_qty: NonNegInt = 0
+    max_uses: NonNegInt = 0
+    max_uses_per_customer: NonNegInt = 0
+
+    def build(self) -> PromoCodeProgram:
+        return PromoCodeProgram(
+            self.id,
+            self.label,
+            self.code,
+            self.percent_bp,
+            self.amount,
+            self.target(),
+            self.min_amount,
+            self.min_qty,
+            self.max_uses,
+            self.max_uses_per_customer,
+            self.scope(),
+        )
+
+
+class _Coupon(_Targeted):
+    percent_bp: BasisPoints = 0
+    amount: NonNegInt = 0
+    min_amount: NonNegInt = 0
+    valid_days: PosInt = 30
+    reward_min_spend: NonNegInt = 0
+
+    def build(self) -> CouponProgram:
+        return CouponProgram(
+            self.id,
+            self.label,
+            self.percent_bp,
+            self.amount,
+            self.target(),
+            self.min_amount,
+            self.valid_days,
+            self.reward_min_spend,
+            self.scope(),
+        )
+
+
+class _NextVisit(_Promo):
+    percent_bp: BasisPoints
+    valid_days: PosInt = 7
+    min_amount: NonNegInt = 0
+
+    def build(self) -> NextVisitProgram:
+        return NextVisitProgram(
+            self.id, self.label, self.percent_bp, self.valid_days, self.min_amount, self.scope()
+        )
+
+
+class _Component(_Section):
+    categories: TextList = Field(default_factory=list)
+    skus: TextList = Field(default_factory=list)
+
+
+class _Combo(_Promo):
+    components: list[_Component]
+    price: NonNegInt
+
+    def build(self) -> ComboProgram:
+        return ComboProgram(
+            self.id,
+            self.label,
+            tuple(Target(frozenset(c.categories), frozenset(c.skus)) for c in self.components),
+            self.price,
+            self.scope(),
+        )
+
+
+class _BuyGet(_Targeted):
+    buy: PosInt
+    get: PosInt = 1
+    percent_bp: BasisPoints = 10000
+
+    def build(self) -> BuyXGetYProgram:
+        return BuyXGetYProgram(
+            self.id, self.label, self.target(), self.buy, self.get, self.percent_bp, self.scope()
+        )
+
+
+class _Cashback(_ProgramBase):
+    enabled: Flag = True
+    percent_bp: BasisPoints
+    payout: Flag = False
+    excluded_categories: TextList = Field(default_factory=list)
+
+    def build(self) -> CashbackProgram:
+        return CashbackProgram(
+            self.id,
+            self.label,
+            self.percent_bp,
+            self.payout,
+            frozenset(self.excluded_categories),
+        )
+
+
+class _Member(_Targeted):
+    price: NonNegInt | None = None
+    percent_bp: BasisPoints = 0
+    tiers: TextList = Field(default_factory=list)
+    tags: TextList = Field(default_factory=list)
+
+    def build(self) -> MemberOfferProgram:
+        return MemberOfferProgram(
+            self.id,
+            self.label,
+            self.target(),
+            self.price,
+            self.percent_bp,
+            frozenset(self.tiers),
+            frozenset(self.tags),
+            self.scope(),
+        )
+
+
+class _Gift(_Targeted):
+    min_amount: NonNegInt = 0
+    min_qty: NonNegInt = 0
+    gift_sku: Text = ""
+    vouchers: TextList = Field(default_factory=list)
+
+    def build(self) -> GiftProgram:
+        return GiftProgram(
+            self.id,
+            self.label,
+            self.min_amount,
+            self.min_qty,
+            self.target(),
+            self.gift_sku,
+            tuple(self.vouchers),
+            self.scope(),
+        )
+
+
+class _Green(_Targeted):
+    flag: Ident
+    amount: PosInt
+
+    def build(self) -> GreenProgram:
+        return GreenProgram(
+            self.id, self.label, self.flag, self.target(), self.amount, self.scope()
+        )
+
+
+class _Referral(_ProgramBase):
+    enabled: Flag = True
+    points_program: Ident
+    new_customer_points: NonNegInt = 0
+    referrer_points: NonNegInt = 0
+    referrer_step: NonNegInt = 0
+    referrer_max: NonNegInt = 0
+    trigger: Annotated[str, _one_of([t.value for t in ReferralTrigger])] = "enrol"
+    min_amount: NonNegInt = 0
+
+    def build(self) -> ReferralProgram:
+        return ReferralProgram(
+            self.id,
+            self.label,
+            self.points_program,
+            self.new_customer_points,
+            self.referrer_points,
+            self.referrer_step,
+            self.referrer_max,
+            ReferralTrigger(self.trigger),
+            self.min_amount,
+        )
+
+
+_PROGRAM_KINDS: dict[str, type[Any]] = {
     "stamps": _Stamps,
     "points": _Points,
     "welcome": _Welcome,
+    "tiers": _Tiers,
+    "promo_code": _PromoCode,
+    "coupon": _Coupon,
+    "next_visit": _NextVisit,
+    "bundle": _Combo,
+    "buy_x_get_y": _BuyGet,
+    "cashback": _Cashback,
+    "member_offer": _Member,
+    "gift": _Gift,
+    "green": _Green,
+    "referral": _Referral,
 }
 
 
@@ -384,7 +678,9 @@ def _parse(text: str, file: str) -> dict[str, Any]:
         raise ConfigError(file, "", f"invalid TOML: {msg}") from None
 
 
-def _build_programs(file: str, raw: list[Any], currency: str) -> ProgramSet:
+def _build_programs(
+    file: str, raw: list[Any], currency: str, file_model: _File | None = None
+) -> ProgramSet:
     built: list[Program] = []
     for index, entry in enumerate(raw):
         key = f"programs[{index}]"
@@ -397,10 +693,20 @@ def _build_programs(file: str, raw: list[Any], currency: str) -> ProgramSet:
             choices = ", ".join(repr(k) for k in _PROGRAM_KINDS)
             raise ConfigError(file, f"{key}.kind", f"must be one of {choices}; {what}")
         try:
-            built.append(model.model_validate(entry).build())
+            parsed = model.model_validate(entry)
+            if not getattr(parsed, "enabled", True):
+                continue  # documented and checked, but switched off
+            built.append(parsed.build())
         except ValidationError as exc:
             raise _first_error(file, exc, prefix=key) from None
-    programs = ProgramSet(currency=currency, programs=tuple(built))
+        except ValueError as exc:
+            raise ConfigError(file, key, str(exc)) from None
+    extra: dict[str, Any] = {}
+    if file_model is not None:
+        extra["max_discount_bp"] = file_model.guards.max_discount_bp
+        n = file_model.nudges
+        extra["nudges"] = Nudges(n.enabled, n.stamps_within, n.spend_within)
+    programs = ProgramSet(currency=currency, programs=tuple(built), **extra)
     problems = programs.problems()
     if problems:
         raise ConfigError(file, "programs", problems[0])
@@ -467,12 +773,15 @@ def load_settings(path: Path | None = None, *, data_dir: Path | None = None) -> 
     if model.sync.enabled and not model.sync.server_url:
         raise ConfigError(file, "sync.server_url", "is required when sync.enabled is true")
 
-    programs = _build_programs(file, model.programs, model.shop.currency)
+    programs = _build_programs(file, model.programs, model.shop.currency, model)
 
     if data_dir is not None:
         resolved = Path(data_dir).expanduser().absolute()
     else:
         resolved = _resolve_data_dir(model.storage.data_dir, base)
+    key_file = Path(model.coupons.key_file).expanduser()
+    if not key_file.is_absolute():
+        key_file = resolved / key_file
 
     return Settings(
         terminal_id=model.terminal.id,
@@ -497,4 +806,6 @@ def load_settings(path: Path | None = None, *, data_dir: Path | None = None) -> 
         ),
         programs=programs,
         source=file,
+        coupon_key_file=key_file,
+        coupon_trusted_keys=tuple(model.coupons.trusted_keys),
     )

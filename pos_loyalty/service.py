@@ -17,15 +17,27 @@ from typing import Any
 
 from drivers.payment_guard import carries_payment_card
 from pos_loyalty.config import Settings
-from pos_loyalty.domain import engine
+from pos_loyalty.domain import catalog, coupons, engine
 from pos_loyalty.domain import refund as refunds
 from pos_loyalty.domain.basket import Basket
 from pos_loyalty.domain.cardcode import CardCodeError, make_card_code, normalise_card_code
 from pos_loyalty.domain.errors import Conflict, DomainError, NotFound
 from pos_loyalty.domain.events import Event, Kind, Posting, Unit
-from pos_loyalty.domain.ids import expiry_event_id, uuid7
-from pos_loyalty.domain.programs import PointsProgram, StampCardProgram
+from pos_loyalty.domain.ids import derived_id, expiry_event_id, uuid7
+from pos_loyalty.domain.money import format_minor
+from pos_loyalty.domain.programs import (
+    CashbackProgram,
+    CouponProgram,
+    GiftProgram,
+    NextVisitProgram,
+    PointsProgram,
+    PromoCodeProgram,
+    ReferralProgram,
+    ReferralTrigger,
+    StampCardProgram,
+)
 from pos_loyalty.domain.state import CustomerState
+from pos_loyalty.ledger import projections
 from pos_loyalty.ledger.codec import canonical
 from pos_loyalty.ledger.store import Ledger, Tx
 
@@ -39,6 +51,7 @@ class Profile:
     phone: str | None = None
     consents: Mapping[str, bool] = field(default_factory=dict)
     referral_code: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,21 @@ def utc(at: datetime) -> datetime:
     return at.astimezone(UTC)
 
 
+EARLIEST_AT = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_AT = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def checked_utc(at: datetime) -> datetime:
+    """``at`` in UTC, refused outside 2000–2200 (expiry arithmetic must not overflow)."""
+    try:
+        when = utc(at)
+    except OverflowError:
+        when = EARLIEST_AT - timedelta(days=1)
+    if not EARLIEST_AT <= when < LATEST_AT:
+        raise DomainError("invalid_at", "`at` must lie between the years 2000 and 2200.")
+    return when
+
+
 class Service:
     """The till's commands over one ledger and one program set."""
 
@@ -86,6 +114,42 @@ class Service:
         self.ledger = ledger
         self._clock = clock or (lambda: datetime.now(UTC))
         self.online = online or (lambda: False)
+        self._signer: coupons.Signer | None = None
+        self._verifiers: tuple[coupons.Verifier, ...] | None = None
+
+    # -- coupon keys ----------------------------------------------------------------------
+    def _keys(self) -> tuple[coupons.Signer, tuple[coupons.Verifier, ...]]:
+        """This till's signing key (created on first use) and every trusted public key."""
+        if self._signer is None or self._verifiers is None:
+            from pos_loyalty.signing import Ed25519Verifier, load_or_create_signer
+
+            signer = load_or_create_signer(self.settings.coupon_key_file)
+            trusted = tuple(Ed25519Verifier.from_hex(k) for k in self.settings.coupon_trusted_keys)
+            self._signer, self._verifiers = signer, (signer.verifier(), *trusted)
+        return self._signer, self._verifiers
+
+    def _context(self, tx: Tx, customer_id: str | None, basket: Basket) -> catalog.Context:
+        """What the engine needs from the ledger beyond balances: usage counts, tags, keys."""
+        verifiers: tuple[coupons.Verifier, ...] = ()
+        keys = [f"promo:{p.id}" for p in self.programs.of(PromoCodeProgram)]
+        keys += [f"voucher:{p.id}" for p in self.programs.of(GiftProgram)]
+        if any(coupons.looks_like_coupon(c.strip()) for c in basket.codes):
+            verifiers = self._keys()[1]
+            for code in basket.codes:
+                found = coupons.read_code(code.strip(), verifiers)
+                if found is not None:
+                    keys.append(f"coupon:{found.serial}")
+        tags: frozenset[str] = frozenset()
+        if customer_id is not None:
+            row = tx.customer(customer_id)
+            if row is not None:
+                tags = frozenset(json.loads(row.profile).get("tags", ()))
+        return catalog.Context(
+            store_id=self.settings.store_id,
+            tags=tags,
+            usage=projections.usage_counts(tx.conn, keys),
+            verifiers=verifiers,
+        )
 
     # -- time -----------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -101,11 +165,15 @@ class Service:
                 "invalid_at", "`at` needs a UTC offset, e.g. 2026-11-22T10:15:00+01:00."
             )
         skew = timedelta(seconds=self.settings.max_clock_skew_seconds)
-        if utc(at) > now + skew:
+        try:
+            in_future = utc(at) > now + skew
+        except OverflowError:
+            in_future = at.year > now.year
+        if in_future:
             raise DomainError(
                 "at_in_future", "`at` lies in the future; the till's clock says otherwise."
             )
-        return utc(at)
+        return checked_utc(at)
 
     def read_at(self, at: datetime | None) -> datetime:
         """For reads: the moment asked about, without the future check."""
@@ -115,7 +183,7 @@ class Service:
             raise DomainError(
                 "invalid_at", "`at` needs a UTC offset, e.g. 2026-11-22T10:15:00+01:00."
             )
-        return utc(at)
+        return checked_utc(at)
 
     # -- cards ----------------------------------------------------------------------------
     def normalise_scan(self, scanned: str) -> str:
@@ -165,7 +233,8 @@ class Service:
     ) -> dict[str, Any]:
         """A new customer with a new card (or the pre-printed ``card_code``) and welcome gifts."""
         when = self.resolve_at(at)
-        if profile.referral_code:
+        referral = self.programs.of(ReferralProgram)
+        if profile.referral_code and not referral:
             raise DomainError(
                 "unknown_referral_code", "Referral codes are not enabled in this shop."
             )
@@ -179,8 +248,31 @@ class Service:
             if gift.points:
                 postings.append(Posting(target.id, Unit.POINTS, gift.points, expires_at=expires))
                 welcome[target.id] = welcome.get(target.id, 0) + gift.points
-        data = {"profile": _profile_json(profile)}
+        data: dict[str, Any] = {"profile": _profile_json(profile)}
+        if referral:
+            data["referral_code"] = referral_code_of(customer_id)
         with self.ledger.transaction() as tx:
+            extra: list[Event] = []
+            if profile.referral_code:
+                program = referral[0]
+                referrer = self._referrer(tx, profile)
+                data["profile"]["referred_by"] = referrer
+                if program.trigger is ReferralTrigger.ENROL:
+                    target = self.programs.get(program.points_program)
+                    assert isinstance(target, PointsProgram)
+                    if program.new_customer_points:
+                        postings.append(
+                            Posting(
+                                target.id,
+                                Unit.POINTS,
+                                program.new_customer_points,
+                                expires_at=_expiry_of(target, when),
+                            )
+                        )
+                        welcome[target.id] = welcome.get(target.id, 0) + program.new_customer_points
+                    extra.append(self._referrer_event(tx, program, referrer, customer_id, when))
+                else:
+                    postings.append(Posting(f"{program.id}:pending", Unit.COUNT, 1))
             code = self._preset_card_code(tx, card_code) if card_code else self._new_card_code(tx)
             tx.append(
                 [
@@ -192,6 +284,7 @@ class Service:
                         data=data,
                     ),
                     self._event(Kind.CARD_ISSUED, when, customer_id, data={"code": code}),
+                    *extra,
                 ]
             )
             state = tx.state(customer_id)
@@ -199,8 +292,52 @@ class Service:
             "customer_id": customer_id,
             "card": {"code": code, "status": "active"},
             "welcome": welcome,
+            "referral_code": data.get("referral_code"),
             "balances": self._balances(state, when),
+            "tier": catalog.tier_of(self.programs, state, when),
         }
+
+    def _referrer(self, tx: Tx, profile: Profile) -> str:
+        """The customer whose referral code ``profile`` carries; self-referral refused.
+
+        A referral code is only accepted at enrolment, by a customer who does not exist
+        yet, so a referral loop (A refers B refers A) cannot be formed; the same email or
+        phone as the referrer's counts as referring oneself.
+        """
+        code = (profile.referral_code or "").strip().upper()
+        referrer = projections.referrer_of(tx.conn, code)
+        if referrer is None:
+            raise DomainError(
+                "unknown_referral_code", f"No customer has the referral code {code!r}."
+            )
+        row = tx.customer(referrer)
+        theirs = json.loads(row.profile) if row is not None else {}
+        for key in ("email", "phone"):
+            mine = getattr(profile, key)
+            if mine and theirs.get(key) and mine.strip().lower() == theirs[key].strip().lower():
+                raise DomainError("self_referral", "A customer cannot refer themselves.")
+        return referrer
+
+    def _referrer_event(
+        self, tx: Tx, program: ReferralProgram, referrer: str, referred: str, when: datetime
+    ) -> Event:
+        """The referrer's reward, growing with their earlier successful referrals."""
+        earlier = tx.state(referrer).counter(program.id, Unit.COUNT)
+        points = program.referrer_reward(earlier)
+        target = self.programs.get(program.points_program)
+        assert isinstance(target, PointsProgram)
+        postings = [Posting(program.id, Unit.COUNT, 1)]
+        if points:
+            postings.append(
+                Posting(target.id, Unit.POINTS, points, expires_at=_expiry_of(target, when))
+            )
+        return self._event(
+            Kind.REFERRAL_REWARDED,
+            when,
+            referrer,
+            postings=tuple(postings),
+            data={"referred": referred, "points": points, "reason": "referral"},
+        )
 
     def issue_card(self, customer_id: str, at: datetime | None = None) -> dict[str, Any]:
         when = self.resolve_at(at)
@@ -259,12 +396,13 @@ class Service:
             card = tx.card(code)
             customer = tx.customer(customer_id)
             state = tx.state(customer_id)
+            issued = projections.open_coupons(tx.conn, customer_id)
         return {
             "card": {"code": code, "status": card.status, "reason": card.reason},
             "customer": _customer_json(customer),
             "balances": self._balances(state, when),
-            "tier": None,
-            "rewards": self._rewards(state),
+            "tier": catalog.tier_of(self.programs, state, when),
+            "rewards": self._rewards(state, when, issued),
             "expiring_soon": self._expiring(state, when),
         }
 
@@ -279,14 +417,15 @@ class Service:
             state = tx.state(customer_id)
             cards = tx.cards_of(customer_id)
             page = tx.history(customer_id, limit=limit + 1, before=before)
+            issued = projections.open_coupons(tx.conn, customer_id)
         more = len(page) > limit
         page = page[:limit]
         return {
             "customer": _customer_json(row),
             "cards": [{"code": c.code, "status": c.status, "reason": c.reason} for c in cards],
             "balances": self._balances(state, when),
-            "tier": None,
-            "rewards": self._rewards(state),
+            "tier": catalog.tier_of(self.programs, state, when),
+            "rewards": self._rewards(state, when, issued),
             "expiring_soon": self._expiring(state, when),
             "history": [_history_json(pos, ev) for pos, ev in page],
             "next_before": page[-1][0] if more and page else None,
@@ -301,11 +440,21 @@ class Service:
             if request.card is not None:
                 _, customer_id = self._card_customer(tx, request.card, for_write=True)
                 state = tx.state(customer_id)
+            ctx = self._context(tx, customer_id, request.basket)
+            issued = projections.open_coupons(tx.conn, customer_id) if customer_id else []
         if state is not None:
             for lot_event in self._expiries(state, when):
                 state.apply(lot_event)
-        result = engine.quote(request.basket, state, self.programs, when)
-        return self._sale_response(request.receipt_id, result, state, customer_id)
+        result = engine.quote(request.basket, state, self.programs, when, ctx)
+        return self._sale_response(
+            request.receipt_id,
+            result,
+            state,
+            customer_id,
+            when,
+            issued=issued,
+            quote=True,
+        )
 
     def commit(self, request: SaleRequest) -> dict[str, Any]:
         if not request.receipt_id:
@@ -328,9 +477,11 @@ class Service:
                 _, customer_id = self._card_customer(tx, request.card, for_write=True)
                 state = tx.state(customer_id)
                 new_events.extend(self._expiries_to_record(tx, state, when))
-            result = engine.quote(request.basket, state, self.programs, when)
+            ctx = self._context(tx, customer_id, request.basket)
+            result = engine.quote(request.basket, state, self.programs, when, ctx)
             if customer_id is not None and result.postings:
                 self._check_offline_limits(tx, customer_id, result, when)
+            new_coupons = self._issue_coupons(result, customer_id, when)
             sale = self._event(
                 Kind.SALE_COMMITTED,
                 when,
@@ -343,15 +494,122 @@ class Service:
                     "lines": [line.to_json() for line in result.lines],
                     "earned": dict(result.earned),
                     "redeemed": dict(result.redeemed),
+                    **({"spend": dict(result.spend)} if result.spend else {}),
+                    **({"uses": dict(result.uses)} if result.uses else {}),
+                    **({"coupons": new_coupons} if new_coupons else {}),
+                    **({"issued": list(result.issued)} if result.issued else {}),
                 },
             )
             new_events.append(sale)
+            if result.referral is not None and customer_id is not None:
+                program = self.programs.get(result.referral)
+                assert isinstance(program, ReferralProgram)
+                row = tx.customer(customer_id)
+                referrer = json.loads(row.profile).get("referred_by") if row else None
+                if referrer:
+                    new_events.append(
+                        self._referrer_event(tx, program, referrer, customer_id, when)
+                    )
             tx.append(new_events)
             if state is not None:
                 state.apply(sale)
-            response = self._sale_response(request.receipt_id, result, state, customer_id, when)
+            issued = projections.open_coupons(tx.conn, customer_id) if customer_id else []
+            response = self._sale_response(
+                request.receipt_id, result, state, customer_id, when, issued=issued
+            )
             tx.set_response(key, response)
         return response
+
+    def _issue_coupons(
+        self, result: engine.Quote, customer_id: str | None, when: datetime
+    ) -> list[dict[str, Any]]:
+        """Codes for the reward coupons the engine issued (signed now: the serial is random)."""
+        out = []
+        for item in result.issued:
+            if item["kind"] != "coupon" or customer_id is None:
+                continue
+            program = self.programs.get(item["program"])
+            assert isinstance(program, CouponProgram)
+            entry = self._sign_coupon(program, customer_id, when)
+            item.update(code=entry["code"], expires_at=entry["expires_at"])
+            out.append(entry)
+        return out
+
+    def _sign_coupon(
+        self, program: CouponProgram, customer_id: str | None, when: datetime
+    ) -> dict[str, Any]:
+        signer = self._keys()[0]
+        coupon, code = coupons.make_code(
+            signer,
+            program.id,
+            secrets.token_bytes(8),
+            coupons.expiry_day(when, program.valid_days),
+            customer_id,
+        )
+        return {
+            "serial": coupon.serial,
+            "program": program.id,
+            "code": code,
+            "expires_at": coupon.expires_at.isoformat(),
+        }
+
+    def issue_coupon(
+        self, program_id: str, customer_id: str | None = None, at: datetime | None = None
+    ) -> dict[str, Any]:
+        """A single-use coupon issued by the till (to a customer, or to the bearer)."""
+        when = self.resolve_at(at)
+        program = self.programs.get(program_id)
+        if not isinstance(program, CouponProgram):
+            raise DomainError("unknown_program", f"There is no coupon program {program_id!r}.")
+        with self.ledger.transaction() as tx:
+            if customer_id is not None and tx.customer(customer_id) is None:
+                raise NotFound("unknown_customer", f"No customer has the id {customer_id}.")
+            entry = self._sign_coupon(program, customer_id, when)
+            tx.append(
+                [self._event(Kind.COUPON_ISSUED, when, customer_id, data={"coupons": [entry]})]
+            )
+        return {"customer_id": customer_id, "label": program.label, **entry}
+
+    def wallet_payout(
+        self, customer_id: str, program_id: str, amount: int, at: datetime | None = None
+    ) -> dict[str, Any]:
+        """Pay wallet money out in cash: only for a cashback program with ``payout``."""
+        when = self.resolve_at(at)
+        program = self.programs.get(program_id)
+        if not isinstance(program, CashbackProgram):
+            raise DomainError("unknown_program", f"There is no wallet {program_id!r}.")
+        if not program.payout:
+            raise DomainError(
+                "payout_not_allowed", f"The {program.label} can be spent, not paid out."
+            )
+        if amount <= 0:
+            raise DomainError("invalid_amount", "A payout must be a positive amount.")
+        with self.ledger.transaction() as tx:
+            if tx.customer(customer_id) is None:
+                raise NotFound("unknown_customer", f"No customer has the id {customer_id}.")
+            held = tx.state(customer_id).wallet(program.id)
+            if amount > held:
+                raise DomainError(
+                    "insufficient_funds",
+                    f"The {program.label.lower()} holds {format_minor(max(held, 0))}.",
+                )
+            tx.append(
+                [
+                    self._event(
+                        Kind.WALLET_PAID_OUT,
+                        when,
+                        customer_id,
+                        postings=(Posting(program.id, Unit.MONEY, -amount),),
+                        data={"amount": amount, "reason": "payout"},
+                    )
+                ]
+            )
+            state = tx.state(customer_id)
+        return {
+            "customer_id": customer_id,
+            "paid_out": amount,
+            "balances": self._balances(state, when),
+        }
 
     def _check_offline_limits(
         self, tx: Tx, customer_id: str, result: engine.Quote, at: datetime
@@ -422,6 +680,9 @@ class Service:
         state: CustomerState | None,
         customer_id: str | None,
         at: datetime | None = None,
+        *,
+        issued: list[dict[str, Any]] | None = None,
+        quote: bool = False,
     ) -> dict[str, Any]:
         when = at or self.now()
         return {
@@ -438,6 +699,7 @@ class Service:
                     "unit_price": ln.unit_price,
                     "discount": ln.discount,
                     "total": ln.total,
+                    **({"gift": ln.gift} if ln.gift else {}),
                 }
                 for ln in result.lines
             ],
@@ -448,11 +710,20 @@ class Service:
             "earned": dict(result.earned),
             "redeemed": dict(result.redeemed),
             "balances": self._balances(state, when) if state is not None else {},
-            "tier": None,
-            "rewards": self._rewards(state) if state is not None else [],
+            "tier": result.tier,
+            "rewards": self._rewards(state, when, issued or []) if state is not None else [],
+            "issued": [
+                {
+                    k: v
+                    for k, v in item.items()
+                    if not (quote and k == "code" and item["kind"] == "coupon")
+                }
+                for item in result.issued
+            ],
+            "nudges": list(result.nudges),
             "receipt_text": engine.receipt_text(self.programs, state, result)
             if state is not None
-            else [],
+            else [str(item["text"]) for item in result.issued],
         }
 
     # -- refunds --------------------------------------------------------------------------
@@ -487,6 +758,7 @@ class Service:
                 units=units,
                 programs=self.programs,
                 at=when,
+                spend=sale.data.get("spend", {}),
             )
             customer_id = sale.customer_id
             postings = tuple(result.postings) if customer_id is not None else ()
@@ -515,6 +787,9 @@ class Service:
                 "reversed": {**result.reversed_points, **result.reversed_stamps},
                 "returned": {**result.returned_points, **result.returned_stamps},
                 "balances": balances,
+                "tier": catalog.tier_of(self.programs, tx.state(customer_id), when)
+                if customer_id
+                else None,
             }
             tx.set_response(key, response)
         return response
@@ -588,14 +863,52 @@ class Service:
                     "balance": balance,
                     "value": max(balance, 0) * program.point_value,
                 }
+            elif isinstance(program, CashbackProgram):
+                out[program.id] = {
+                    "kind": "wallet",
+                    "balance": state.wallet(program.id),
+                    "payout": program.payout,
+                }
         return out
 
-    def _rewards(self, state: CustomerState) -> list[dict[str, Any]]:
-        out = []
+    def _rewards(
+        self, state: CustomerState, at: datetime, issued: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
         for card in self.programs.stamp_cards:
             count = max(state.stamp_count(card.id), 0) // card.required
             if count:
                 out.append({"program": card.id, "label": card.reward_label, "count": count})
+        for offer in self.programs.of(NextVisitProgram):
+            account = state.lotted.get((offer.id, Unit.OFFER))
+            if account is None or account.spendable(at) <= 0:
+                continue
+            live = [
+                lot.expires_at
+                for lot in account.lots.values()
+                if lot.expires_at is not None and lot.expires_at > at
+            ]
+            out.append(
+                {
+                    "program": offer.id,
+                    "label": offer.label,
+                    "count": account.spendable(at),
+                    "valid_until": min(live).isoformat() if live else None,
+                }
+            )
+        for coupon in issued or []:
+            if datetime.fromisoformat(coupon["expires_at"]) < at:
+                continue
+            program = self.programs.get(coupon["program"])
+            out.append(
+                {
+                    "program": coupon["program"],
+                    "label": program.label if program is not None else coupon["program"],
+                    "count": 1,
+                    "code": coupon["code"],
+                    "expires_at": coupon["expires_at"],
+                }
+            )
         return out
 
     def _expiring(self, state: CustomerState, at: datetime) -> list[dict[str, Any]]:
@@ -618,12 +931,25 @@ class Service:
 
 
 def _profile_json(profile: Profile) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "name": profile.name,
         "email": profile.email,
         "phone": profile.phone,
         "consents": dict(profile.consents),
     }
+    if profile.tags:
+        out["tags"] = sorted(set(profile.tags))
+    return out
+
+
+def _expiry_of(program: PointsProgram, at: datetime) -> datetime | None:
+    return at + timedelta(days=program.expiry_days) if program.expiry_days else None
+
+
+def referral_code_of(customer_id: str) -> str:
+    """A customer's referral code: derived from the id, the same on every till."""
+    digest = derived_id("referral", customer_id).replace("-", "").upper()
+    return "R" + digest[:9]
 
 
 def _customer_json(row: Any) -> dict[str, Any]:

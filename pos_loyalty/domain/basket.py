@@ -35,6 +35,14 @@ class Redemption:
 
 
 @dataclass(frozen=True)
+class WalletPayment:
+    """The basket asks to pay ``amount`` minor units from cashback wallet ``program``."""
+
+    program: str
+    amount: int
+
+
+@dataclass(frozen=True)
 class Basket:
     """What a quote or a commit is about."""
 
@@ -42,6 +50,7 @@ class Basket:
     codes: tuple[str, ...] = ()
     redeem: tuple[Redemption, ...] = ()
     flags: tuple[str, ...] = field(default_factory=tuple)
+    wallet: tuple[WalletPayment, ...] = ()
 
     @property
     def total_before(self) -> int:

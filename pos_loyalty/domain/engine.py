@@ -2,10 +2,20 @@
 
 Pure: no I/O, no clock. The steps, in order (each documented where it happens):
 
+0. codes are checked (promo codes, signed coupons); a rejected code refuses the basket
+   with its reason (``unknown_code``, ``code_expired``, ``minimum_not_met``,
+   ``code_used_up``, ``not_eligible``);
 1. stamp-card rewards (free or discounted qualifying units, cheapest first);
-2. paying with points (only when the basket asks; never more than what is left to pay);
-3. earning points on what was actually paid (one truncation per receipt, per program);
-4. earning stamps on qualifying units not made free.
+2. the tier is worked out: spend so far plus this sale (what is left after step 1);
+3. promotions, in ascending ``priority`` (then configured order): cardholder offers,
+   bundles, buy X get Y, the tier's percentage off, the next-visit offer, promo codes,
+   coupons, green actions. Stacking: an exclusive promotion is skipped when another already
+   applied and stops all later ones when it applies. Cap: promotions together never take
+   more than ``max_discount_bp`` of the basket's total (stamp rewards and payments are not
+   promotions: they are earned or paid);
+4. paying with points and with a cashback wallet (payments, never more than what is left);
+5. earning: points (times the tier's multiplier), stamps, cashback, tier spend, a
+   next-visit offer, a reward coupon, a gift; and nudges for what is almost within reach.
 
 Rounding rule: money is split over lines by the largest-remainder rule (``money.allocate``);
 points earned are truncated once per receipt. The total discount never exceeds the total.
@@ -18,11 +28,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import pos_loyalty.domain.catalog as catalog
+
 from .basket import Basket
 from .errors import DomainError
 from .events import Posting, Unit
 from .money import allocate, format_minor
 from .programs import (
+    CashbackProgram,
     PointsProgram,
     ProgramSet,
     StampBasis,
@@ -30,6 +43,8 @@ from .programs import (
     StampReward,
 )
 from .state import CustomerState
+
+Context = catalog.Context
 
 
 @dataclass
@@ -49,6 +64,7 @@ class LineResult:
     discount: int = 0
     rewarded_units: int = 0
     free_units: int = 0
+    gift: str | None = None  # the gift program that added this line at zero
     points_paid: dict[str, int] = field(default_factory=dict)
     earn_base: dict[str, int] = field(default_factory=dict)
     stamps_earned: dict[str, int] = field(default_factory=dict)
@@ -74,6 +90,7 @@ class LineResult:
             "earn_base": dict(self.earn_base),
             "stamps_earned": dict(self.stamps_earned),
             "stamps_redeemed": dict(self.stamps_redeemed),
+            **({"gift": self.gift} if self.gift else {}),
         }
 
     @staticmethod
@@ -90,6 +107,7 @@ class LineResult:
             earn_base={str(k): int(v) for k, v in raw.get("earn_base", {}).items()},
             stamps_earned={str(k): int(v) for k, v in raw.get("stamps_earned", {}).items()},
             stamps_redeemed={str(k): int(v) for k, v in raw.get("stamps_redeemed", {}).items()},
+            gift=raw.get("gift"),
         )
 
 
@@ -110,6 +128,12 @@ class Quote:
     earned: dict[str, int]
     redeemed: dict[str, int]
     postings: list[Posting]
+    tier: str | None = None
+    spend: dict[str, int] = field(default_factory=dict)  # tier spend recorded, per program
+    uses: dict[str, int] = field(default_factory=dict)  # ledger-wide usage counters
+    issued: list[dict[str, Any]] = field(default_factory=list)  # offers, coupons, gifts
+    nudges: list[str] = field(default_factory=list)
+    referral: str | None = None  # a referral program whose first-purchase reward is due
 
     @property
     def total_before(self) -> int:
@@ -129,34 +153,49 @@ def quote(
     state: CustomerState | None,
     programs: ProgramSet,
     at: datetime,
+    ctx: catalog.Context | None = None,
 ) -> Quote:
     """Work out what ``basket`` would do for the customer in ``state`` at ``at``.
 
-    ``state`` None is an anonymous basket: no rewards, no earning, no redemption.
+    ``state`` None is an anonymous basket: no loyalty rewards, no earning, no redemption;
+    promotions open to everybody (promo codes, bundles, buy X get Y, green actions, gifts)
+    still apply. ``ctx`` carries what the ledger knows beyond the customer's balances
+    (usage counts, the store, the customer's tags, trusted coupon keys).
     Raises DomainError for a request that cannot be honoured (unknown program, not enough
-    points, codes no program knows).
+    points, a rejected code).
     """
+    ctx = ctx or catalog.Context()
     lines = [
         LineResult(i, ln.sku, ln.category, ln.qty, ln.unit_price)
         for i, ln in enumerate(basket.lines)
     ]
     result = Quote(lines, [], {}, {}, [])
-    if basket.codes:
-        code = basket.codes[0]
-        raise DomainError("unknown_code", f"The code {code!r} is not known to any program.")
+    codes = catalog.resolve_codes(basket, state, programs, at, ctx)
     _check_redemptions(basket, state, programs, at)
+    catalog.check_wallet(basket, state, programs)
+    if state is not None:
+        for card in programs.stamp_cards:
+            _apply_stamp_rewards(card, state.stamp_count(card.id), result)
+    tier = catalog.work_out_tier(programs, state, at, result)
+    catalog.apply_promotions(basket, state, programs, at, ctx, codes, tier, result)
     if state is None:
+        catalog.finish_anonymous(programs, at, ctx, result)
         return result
-    for card in programs.stamp_cards:
-        _apply_stamp_rewards(card, state.stamp_count(card.id), result)
+    catalog.record_spend(programs, at, tier, result)
     for redemption in basket.redeem:
         program = programs.get(redemption.program)
         assert isinstance(program, PointsProgram)
         _apply_points_payment(program, redemption.points, result)
+    for payment in basket.wallet:
+        wallet = programs.get(payment.program)
+        assert isinstance(wallet, CashbackProgram)
+        catalog.apply_wallet_payment(wallet, payment.amount, result)
+    multiplier = tier.level.multiplier_percent if tier is not None else 100
     for pts in programs.points:
-        _earn_points(pts, at, result)
+        _earn_points(pts, at, result, multiplier)
     for card in programs.stamp_cards:
         _earn_stamps(card, result)
+    catalog.earn_catalog(basket, state, programs, at, ctx, tier, result)
     return result
 
 
@@ -214,11 +253,12 @@ def _apply_stamp_rewards(card: StampCardProgram, stamps: int, result: Quote) -> 
             break
         units = min(rewards, line.qty - line.rewarded_units)
         rewards -= units
-        if card.reward is StampReward.FREE_ITEM:
+        if card.reward is StampReward.FREE_ITEM or card.reward_amount >= line.unit_price:
+            # A fixed discount worth the whole unit makes it free too: it earns nothing.
             amount = units * line.unit_price
             line.free_units += units
         else:
-            amount = units * min(card.reward_amount, line.unit_price)
+            amount = units * card.reward_amount
         amount = min(amount, line.total)
         line.rewarded_units += units
         line.discount += amount
@@ -253,15 +293,21 @@ def _apply_points_payment(program: PointsProgram, requested: int, result: Quote)
     result.postings.append(Posting(program.id, Unit.POINTS, -used))
 
 
-def _earn_points(program: PointsProgram, at: datetime, result: Quote) -> None:
-    """Points on what was actually paid for eligible lines, truncated once per receipt."""
+def _earn_points(
+    program: PointsProgram, at: datetime, result: Quote, multiplier_percent: int = 100
+) -> None:
+    """Points on what was actually paid for eligible lines, truncated once per receipt.
+
+    A tier multiplies the rate by ``multiplier_percent / 100`` inside the same single
+    truncation: ``base * points_per_unit * multiplier_percent // (unit * 100)``.
+    """
     base = 0
     for line in result.lines:
         if line.category is not None and line.category in program.excluded_categories:
             continue
         line.earn_base[program.id] = line.total
         base += line.total
-    earned = base * program.points_per_unit // program.unit
+    earned = base * program.points_per_unit * multiplier_percent // (program.unit * 100)
     if earned <= 0:
         return
     expires = at + timedelta(days=program.expiry_days) if program.expiry_days else None
@@ -297,6 +343,12 @@ def receipt_text(programs: ProgramSet, state: CustomerState, quote_: Quote) -> l
     for pts in programs.points:
         balance = state.points[pts.id].balance if pts.id in state.points else 0
         out.append(f"{pts.label}: {balance}")
+    for wallet in programs.of(CashbackProgram):
+        out.append(f"{wallet.label}: {format_minor(state.wallet(wallet.id))}")
+    if quote_.tier is not None:
+        out.append(f"Tier: {quote_.tier}")
     if quote_.total_discount:
         out.append(f"You saved {format_minor(quote_.total_discount)}")
+    for item in quote_.issued:
+        out.append(str(item["text"]))
     return out

@@ -11,10 +11,11 @@ class DomainError(Exception):
 
     status = 422
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **detail: int | str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.detail = detail  # extra JSON fields for the client, e.g. {"missing": 230}
 
 
 class NotFound(DomainError):

@@ -15,8 +15,25 @@ from typing import Any
 
 
 class Unit(str, Enum):
+    """What a posting counts. POINTS, SPEND, LEVEL and OFFER are kept in lots (they can
+    expire); STAMPS, MONEY and COUNT are plain integer balances.
+
+    SPEND: a tier program's qualifying spend (minor units; lots expire out of a rolling
+    window). LEVEL: a tier reached (a lot whose size is the level index, expiring when the
+    tier may be re-evaluated; program id ``<tiers>:level``). MONEY: a cashback wallet in
+    minor units. OFFER: next-visit offers available. COUNT: uses of a code or referrals.
+    """
+
     POINTS = "points"
     STAMPS = "stamps"
+    SPEND = "spend"
+    LEVEL = "level"
+    MONEY = "money"
+    OFFER = "offer"
+    COUNT = "count"
+
+
+LOT_UNITS = frozenset({Unit.POINTS, Unit.SPEND, Unit.LEVEL, Unit.OFFER})
 
 
 class Kind(str, Enum):
@@ -25,6 +42,9 @@ class Kind(str, Enum):
     CARD_BLOCKED = "card.blocked"
     SALE_COMMITTED = "sale.committed"
     REFUND_COMMITTED = "refund.committed"
+    COUPON_ISSUED = "coupon.issued"
+    REFERRAL_REWARDED = "referral.rewarded"
+    WALLET_PAID_OUT = "wallet.paid_out"
     ACCOUNT_ADJUSTED = "account.adjusted"
     POINTS_EXPIRED = "points.expired"
 

@@ -8,8 +8,9 @@ are integers in minor units of the shop's currency; no float is involved anywher
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
-from typing import Union
+from typing import TypeVar, Union
 
 
 class StampBasis(str, Enum):
@@ -105,7 +106,293 @@ class WelcomeProgram:
     points_program: str
 
 
-Program = Union[StampCardProgram, PointsProgram, WelcomeProgram]
+@dataclass(frozen=True)
+class Scope:
+    """Guards every promotion carries (issue 3, "guards over all programs").
+
+    Attributes:
+      priority: promotions are tried in ascending priority (then configured order).
+      exclusive: an exclusive promotion never combines with another: it is skipped when a
+        promotion already applied, and once it applies no later promotion does.
+      valid_from / valid_until: the program's window, both ends inclusive (None: open).
+      stores: store ids where it runs; empty means every store.
+    """
+
+    priority: int = 100
+    exclusive: bool = False
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    stores: frozenset[str] = frozenset()
+
+    def active(self, at: datetime, store_id: str) -> bool:
+        if self.valid_from is not None and at < self.valid_from:
+            return False
+        if self.valid_until is not None and at > self.valid_until:
+            return False
+        return not self.stores or store_id in self.stores
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which lines a program looks at: by category or SKU; both empty means every line."""
+
+    categories: frozenset[str] = frozenset()
+    skus: frozenset[str] = frozenset()
+
+    def matches(self, sku: str, category: str | None) -> bool:
+        if not self.categories and not self.skus:
+            return True
+        return sku in self.skus or (category is not None and category in self.categories)
+
+
+ALL = Target()
+
+
+class Downgrade(str, Enum):
+    """NEVER: a tier once reached is kept. WINDOW: kept ``window_days`` from when it was
+    reached, then re-evaluated from the spend in the window."""
+
+    NEVER = "never"
+    WINDOW = "window"
+
+
+@dataclass(frozen=True)
+class TierLevel:
+    """One tier: reached when qualifying spend >= ``threshold`` (inclusive, minor units).
+
+    ``multiplier_percent`` multiplies every points program's rate (125 = x1.25; one
+    truncation per receipt); ``percent_off_bp`` is a discount on the basket in basis points
+    (500 = 5%).
+    """
+
+    name: str
+    threshold: int
+    multiplier_percent: int = 100
+    percent_off_bp: int = 0
+
+
+@dataclass(frozen=True)
+class TierProgram:
+    """Tiers by qualifying spend: what customers paid in money or points/wallet for lines,
+    after discounts. ``window_days`` 0 means lifetime spend, N a rolling N-day window."""
+
+    id: str
+    label: str
+    levels: tuple[TierLevel, ...]
+    window_days: int = 0
+    downgrade: Downgrade = Downgrade.NEVER
+    excluded_categories: frozenset[str] = frozenset()
+    scope: Scope = Scope()
+
+    def level_for(self, spend: int) -> int:
+        """Index of the highest level whose threshold ``spend`` reaches (levels ascending)."""
+        reached = 0
+        for i, level in enumerate(self.levels):
+            if spend >= level.threshold:
+                reached = i
+        return reached
+
+
+@dataclass(frozen=True)
+class PromoCodeProgram:
+    """A reusable code typed or scanned at the till: percentage (basis points) or fixed
+    amount off the basket or off the ``target`` lines. Limits: ``max_uses`` over all
+    customers, ``max_uses_per_customer`` (both 0 = unlimited), counted from the ledger."""
+
+    id: str
+    label: str
+    code: str
+    percent_bp: int = 0
+    amount: int = 0
+    target: Target = ALL
+    min_amount: int = 0
+    min_qty: int = 0
+    max_uses: int = 0
+    max_uses_per_customer: int = 0
+    scope: Scope = Scope()
+
+
+@dataclass(frozen=True)
+class CouponProgram:
+    """Single-use signed coupons issued to a customer, verified offline (Ed25519).
+
+    A coupon gives ``percent_bp`` or ``amount`` off ``target`` lines, needs a basket of at
+    least ``min_amount`` and is valid ``valid_days`` days from issue. ``reward_min_spend``
+    > 0 issues one coupon for every sale paying at least that much (a reward).
+    """
+
+    id: str
+    label: str
+    percent_bp: int = 0
+    amount: int = 0
+    target: Target = ALL
+    min_amount: int = 0
+    valid_days: int = 30
+    reward_min_spend: int = 0
+    scope: Scope = Scope()
+
+
+@dataclass(frozen=True)
+class NextVisitProgram:
+    """A purchase of at least ``min_amount`` issues ``percent_bp`` off the next purchase
+    within ``valid_days`` days; applied automatically, gone after use or the window. A sale
+    that used an offer does not issue a new one."""
+
+    id: str
+    label: str
+    percent_bp: int
+    valid_days: int = 7
+    min_amount: int = 0
+    scope: Scope = Scope()
+
+
+@dataclass(frozen=True)
+class ComboProgram:
+    """A bundle: one unit matching each of ``components`` costs ``price`` together."""
+
+    id: str
+    label: str
+    components: tuple[Target, ...]
+    price: int
+    scope: Scope = Scope()
+
+
+@dataclass(frozen=True)
+class BuyXGetYProgram:
+    """For every ``buy`` + ``get`` matching units, the ``get`` cheapest get ``percent_bp``
+    off (10000 = free)."""
+
+    id: str
+    label: str
+    target: Target
+    buy: int
+    get: int
+    percent_bp: int = 10000
+    scope: Scope = Scope()
+
+
+@dataclass(frozen=True)
+class CashbackProgram:
+    """``percent_bp`` of what was paid in money is credited to a wallet in minor units
+    (one truncation per receipt); the wallet pays toward later baskets; ``payout`` says
+    whether it may also be paid out in cash (true cashback) or only spent (bonus)."""
+
+    id: str
+    label: str
+    percent_bp: int
+    payout: bool = False
+    excluded_categories: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class MemberOfferProgram:
+    """A cardholder-only price (``price`` per unit) or ``percent_bp`` off ``target`` lines,
+    optionally only for some ``tiers`` and/or customer ``tags`` (empty: every cardholder)."""
+
+    id: str
+    label: str
+    target: Target
+    price: int | None = None
+    percent_bp: int = 0
+    tiers: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()
+    scope: Scope = Scope()
+
+
+@dataclass(frozen=True)
+class GiftProgram:
+    """A basket of at least ``min_amount`` paid and/or ``min_qty`` ``target`` units gets a
+    gift: the SKU ``gift_sku`` at zero, or the next partner voucher from ``vouchers``."""
+
+    id: str
+    label: str
+    min_amount: int = 0
+    min_qty: int = 0
+    target: Target = ALL
+    gift_sku: str = ""
+    vouchers: tuple[str, ...] = ()
+    scope: Scope = Scope()
+
+
+@dataclass(frozen=True)
+class GreenProgram:
+    """The basket flag ``flag`` (e.g. own_cup) gives ``amount`` off per ``target`` unit."""
+
+    id: str
+    label: str
+    flag: str
+    target: Target
+    amount: int
+    scope: Scope = Scope()
+
+
+class ReferralTrigger(str, Enum):
+    ENROL = "enrol"
+    FIRST_PURCHASE = "first_purchase"
+
+
+@dataclass(frozen=True)
+class ReferralProgram:
+    """Every customer has a referral code. A new customer enrolling with it gets
+    ``new_customer_points``; the referrer gets ``referrer_points`` plus ``referrer_step``
+    per earlier successful referral, at most ``referrer_max`` (0 = no maximum). Rewarded at
+    enrolment or at the new customer's first purchase paying at least ``min_amount``."""
+
+    id: str
+    label: str
+    points_program: str
+    new_customer_points: int = 0
+    referrer_points: int = 0
+    referrer_step: int = 0
+    referrer_max: int = 0
+    trigger: ReferralTrigger = ReferralTrigger.ENROL
+    min_amount: int = 0
+
+    def referrer_reward(self, earlier: int) -> int:
+        reward = self.referrer_points + self.referrer_step * max(earlier, 0)
+        return min(reward, self.referrer_max) if self.referrer_max else reward
+
+
+Promotion = Union[
+    TierProgram,
+    PromoCodeProgram,
+    CouponProgram,
+    NextVisitProgram,
+    ComboProgram,
+    BuyXGetYProgram,
+    MemberOfferProgram,
+    GreenProgram,
+]
+
+Program = Union[
+    StampCardProgram,
+    PointsProgram,
+    WelcomeProgram,
+    TierProgram,
+    PromoCodeProgram,
+    CouponProgram,
+    NextVisitProgram,
+    ComboProgram,
+    BuyXGetYProgram,
+    CashbackProgram,
+    MemberOfferProgram,
+    GiftProgram,
+    GreenProgram,
+    ReferralProgram,
+]
+
+
+@dataclass(frozen=True)
+class Nudges:
+    """What a quote mentions as almost within reach: a stamp card at most ``stamps_within``
+    stamps from a reward, a gift or tier at most ``spend_within`` minor units away."""
+
+    enabled: bool = True
+    stamps_within: int = 1
+    spend_within: int = 500
+
+
+_P = TypeVar("_P")
 
 
 @dataclass(frozen=True)
@@ -114,6 +401,16 @@ class ProgramSet:
 
     currency: str
     programs: tuple[Program, ...] = field(default_factory=tuple)
+    max_discount_bp: int = 10000  # cap on promotional discounts, basis points of the total
+    nudges: Nudges = Nudges()
+
+    def of(self, kind: type[_P]) -> tuple[_P, ...]:
+        return tuple(p for p in self.programs if isinstance(p, kind))
+
+    @property
+    def tiers(self) -> TierProgram | None:
+        found = self.of(TierProgram)
+        return found[0] if found else None
 
     def get(self, program_id: str) -> Program | None:
         for program in self.programs:
@@ -154,6 +451,42 @@ class ProgramSet:
                 found.append(f"{pts.id}: points_per_unit >= 0, unit >= 1, point_value >= 1")
             if pts.expiry_days < 0:
                 found.append(f"{pts.id}: expiry_days must not be negative")
+        if len(self.of(TierProgram)) > 1:
+            found.append("only one tiers program can be configured")
+        for tiers in self.of(TierProgram):
+            if not tiers.levels or tiers.levels[0].threshold != 0:
+                found.append(f"{tiers.id}: the first level needs threshold 0")
+            for a, b in zip(tiers.levels, tiers.levels[1:], strict=False):
+                if b.threshold <= a.threshold:
+                    found.append(f"{tiers.id}: level thresholds must go up")
+        codes: set[str] = set()
+        for promo in self.of(PromoCodeProgram):
+            if promo.code.upper() in codes:
+                found.append(f"{promo.id}: the code {promo.code!r} is used twice")
+            codes.add(promo.code.upper())
+            if (promo.percent_bp > 0) == (promo.amount > 0):
+                found.append(f"{promo.id}: give exactly one of percent_bp and amount")
+        for coupon in self.of(CouponProgram):
+            if (coupon.percent_bp > 0) == (coupon.amount > 0):
+                found.append(f"{coupon.id}: give exactly one of percent_bp and amount")
+        for offer in self.of(MemberOfferProgram):
+            if (offer.price is None) == (offer.percent_bp == 0):
+                found.append(f"{offer.id}: give exactly one of price and percent_bp")
+        for combo in self.of(ComboProgram):
+            if len(combo.components) < 2:
+                found.append(f"{combo.id}: a bundle needs at least two components")
+        for gift in self.of(GiftProgram):
+            if bool(gift.gift_sku) == bool(gift.vouchers):
+                found.append(f"{gift.id}: give exactly one of gift_sku and vouchers")
+        for ref in self.of(ReferralProgram):
+            if ref.points_program not in points_ids:
+                found.append(
+                    f"{ref.id}: points_program {ref.points_program!r} is not a points program"
+                )
+        for bp_program in self.programs:
+            bp = getattr(bp_program, "percent_bp", 0)
+            if not 0 <= bp <= 10000:
+                found.append(f"{bp_program.id}: percent_bp must be between 0 and 10000")
         for welcome in self.welcomes:
             if welcome.points_program not in points_ids:
                 found.append(

@@ -19,7 +19,7 @@ from .errors import DomainError
 from .events import Posting, Unit
 from .ids import lot_id
 from .money import scale_floor
-from .programs import PointsProgram, ProgramSet
+from .programs import CashbackProgram, PointsProgram, ProgramSet
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,15 @@ def reverse(
     units: Mapping[int, int],
     programs: ProgramSet,
     at: datetime,
+    spend: Mapping[str, int] | None = None,
 ) -> RefundResult:
-    """The reversal of ``units`` (per line) given ``already`` refunded units per line."""
+    """The reversal of ``units`` (per line) given ``already`` refunded units per line.
+
+    The same proportional rule reverses cashback credited (``earned`` of a wallet, over its
+    earning base), wallet money paid (given back to the wallet) and a tier's qualifying
+    ``spend`` (taken off the lot the sale added). Tier marks already reached stay: the
+    downgrade policy decides when a tier is re-evaluated.
+    """
     after = {line.index: already.get(line.index, 0) + units.get(line.index, 0) for line in lines}
 
     def part(values: Mapping[int, int], done: Mapping[int, int]) -> int:
@@ -136,6 +143,28 @@ def reverse(
         if back:
             returned_points[program.id] = back
             postings.append(Posting(program.id, Unit.POINTS, back, expires_at=_expiry(program, at)))
+    for wallet in programs.of(CashbackProgram):
+        base_by_line = {line.index: line.earn_base.get(wallet.id, 0) for line in lines}
+        base = sum(base_by_line.values())
+        total_earned = earned.get(wallet.id, 0)
+        taken = scale_floor(total_earned, part(base_by_line, after), base) - scale_floor(
+            total_earned, part(base_by_line, already), base
+        )
+        if taken:
+            reversed_points[wallet.id] = taken
+            postings.append(Posting(wallet.id, Unit.MONEY, -taken))
+        back = delta("points_paid", wallet.id)
+        if back:
+            returned_points[wallet.id] = back
+            postings.append(Posting(wallet.id, Unit.MONEY, back))
+    tiers = programs.tiers
+    if tiers is not None and spend and spend.get(tiers.id):
+        values = {line.index: line.earn_base.get(tiers.id, 0) for line in lines}
+        taken = part(values, after) - part(values, already)
+        if taken:
+            postings.append(
+                Posting(tiers.id, Unit.SPEND, -taken, lot=lot_id(sale_event_id, tiers.id))
+            )
     for card in programs.stamp_cards:
         taken = delta("stamps_earned", card.id)
         if taken:

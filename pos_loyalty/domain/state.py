@@ -12,7 +12,7 @@ import copy
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .events import Event, Posting, Unit
+from .events import LOT_UNITS, Event, Posting, Unit
 from .ids import lot_id
 
 _FAR_FUTURE = datetime.max.replace(year=9999)
@@ -91,6 +91,20 @@ class CustomerState:
     customer_id: str
     points: dict[str, PointsAccount] = field(default_factory=dict)
     stamps: dict[str, int] = field(default_factory=dict)
+    # Other lot-kept units (SPEND, LEVEL, OFFER) and plain counters (MONEY, COUNT).
+    lotted: dict[tuple[str, Unit], PointsAccount] = field(default_factory=dict)
+    counters: dict[tuple[str, Unit], int] = field(default_factory=dict)
+
+    def lots_of(self, program: str, unit: Unit) -> PointsAccount:
+        if unit is Unit.POINTS:
+            return self.account(program)
+        return self.lotted.setdefault((program, unit), PointsAccount())
+
+    def counter(self, program: str, unit: Unit) -> int:
+        return self.counters.get((program, unit), 0)
+
+    def wallet(self, program: str) -> int:
+        return self.counter(program, Unit.MONEY)
 
     def account(self, program: str) -> PointsAccount:
         return self.points.setdefault(program, PointsAccount())
@@ -107,7 +121,11 @@ class CustomerState:
         if posting.unit is Unit.STAMPS:
             self.stamps[posting.program] = self.stamp_count(posting.program) + posting.delta
             return
-        account = self.account(posting.program)
+        if posting.unit not in LOT_UNITS:
+            key = (posting.program, posting.unit)
+            self.counters[key] = self.counters.get(key, 0) + posting.delta
+            return
+        account = self.lots_of(posting.program, posting.unit)
         if posting.delta >= 0:
             account.credit(
                 lot_id(event.id, posting.program), posting.delta, event.at, posting.expires_at
@@ -124,6 +142,15 @@ class CustomerState:
             out[(program, Unit.POINTS)] = account.balance
         for program, count in self.stamps.items():
             out[(program, Unit.STAMPS)] = count
+        for key, account in self.lotted.items():
+            out[key] = account.balance
+        out.update(self.counters)
+        return out
+
+    def all_accounts(self) -> dict[str, PointsAccount]:
+        """Every lot-kept account by program id (program ids never share a lot unit)."""
+        out = dict(self.points)
+        out.update({program: acc for (program, _), acc in self.lotted.items()})
         return out
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from pos_loyalty.domain.events import Event, Kind, Unit
+from pos_loyalty.domain.events import LOT_UNITS, Event, Kind, Unit
 from pos_loyalty.domain.state import CustomerState, Lot, PointsAccount
 
 from . import schema
@@ -25,12 +25,18 @@ def load_state(conn: Connection, customer_id: str) -> CustomerState:
     for row in conn.execute(
         select(schema.balances).where(schema.balances.c.customer_id == customer_id)
     ):
-        if row.unit == Unit.STAMPS.value:
+        unit = Unit(row.unit)
+        if unit is Unit.STAMPS:
             state.stamps[row.program] = row.balance
-        else:
+        elif unit is Unit.POINTS:
             state.points[row.program] = PointsAccount(balance=row.balance)
+        elif unit in LOT_UNITS:
+            state.lotted[(row.program, unit)] = PointsAccount(balance=row.balance)
+        else:
+            state.counters[(row.program, unit)] = row.balance
+    accounts = state.all_accounts()
     for row in conn.execute(select(schema.lots).where(schema.lots.c.customer_id == customer_id)):
-        account = state.points.setdefault(row.program, PointsAccount())
+        account = accounts.get(row.program) or state.points.setdefault(row.program, PointsAccount())
         account.lots[row.lot_id] = Lot(
             row.lot_id,
             datetime.fromisoformat(row.earned_at),
@@ -62,10 +68,14 @@ def store_state(conn: Connection, before: CustomerState, after: CustomerState) -
                 .values(balance=value)
             )
     old_lots = {
-        lot.lot_id: (prog, lot) for prog, acc in before.points.items() for lot in acc.lots.values()
+        lot.lot_id: (prog, lot)
+        for prog, acc in before.all_accounts().items()
+        for lot in acc.lots.values()
     }
     new_lots = {
-        lot.lot_id: (prog, lot) for prog, acc in after.points.items() for lot in acc.lots.values()
+        lot.lot_id: (prog, lot)
+        for prog, acc in after.all_accounts().items()
+        for lot in acc.lots.values()
     }
     for lot_id in old_lots.keys() - new_lots.keys():
         conn.execute(delete(schema.lots).where(schema.lots.c.lot_id == lot_id))
@@ -92,6 +102,7 @@ def store_state(conn: Connection, before: CustomerState, after: CustomerState) -
 def apply_side_tables(conn: Connection, event: Event, response: str | None = None) -> None:
     """Customers, cards and receipts rows that follow from ``event``."""
     data = event.data
+    _apply_catalog(conn, event)
     if event.kind is Kind.CUSTOMER_ENROLLED:
         conn.execute(
             insert(schema.customers).values(
@@ -149,11 +160,86 @@ def apply_side_tables(conn: Connection, event: Event, response: str | None = Non
         )
 
 
+def _apply_catalog(conn: Connection, event: Event) -> None:
+    """Usage counters, issued coupons and referral codes that follow from ``event``."""
+    data = event.data
+    for key, count in sorted(data.get("uses", {}).items()):
+        if not count:
+            continue
+        updated = conn.execute(
+            update(schema.usage)
+            .where(schema.usage.c.key == key)
+            .values(count=schema.usage.c.count + int(count))
+        )
+        if updated.rowcount == 0:
+            conn.execute(insert(schema.usage).values(key=key, count=int(count)))
+    for coupon in data.get("coupons", ()):
+        conn.execute(
+            insert(schema.coupons).values(
+                serial=coupon["serial"],
+                program=coupon["program"],
+                customer_id=event.customer_id,
+                code=coupon["code"],
+                issued_at=event.at.isoformat(),
+                expires_at=coupon["expires_at"],
+            )
+        )
+    if event.kind is Kind.CUSTOMER_ENROLLED and data.get("referral_code"):
+        conn.execute(
+            insert(schema.referrals).values(
+                code=data["referral_code"], customer_id=event.customer_id
+            )
+        )
+
+
+def side_table_problem(conn: Connection, event: Event) -> tuple[str, str] | None:
+    """Why ``apply_side_tables`` cannot take this (remote) event here, or None.
+
+    The incremental path (sync) and the rebuild apply the same rule, in the same order, so a
+    till holding colliding receipts from other tills still verifies.
+    """
+    r = schema.receipts
+    data = event.data
+
+    def receipt(key: str) -> Any:
+        return conn.execute(select(r.c.event_id).where(r.c.key == key)).first()
+
+    if event.kind is Kind.SALE_COMMITTED:
+        row = receipt(f"sale:{data.get('receipt_id')}")
+        if row is not None:
+            return (
+                "receipt_key_taken",
+                f"receipt {data.get('receipt_id')!r} is already used here by event "
+                f"{row.event_id}; the sale's balances count, its receipt is not kept here",
+            )
+    elif event.kind is Kind.REFUND_COMMITTED:
+        if receipt(f"sale:{data.get('receipt_id')}") is None:
+            return ("refund_of_unknown_sale", "the refunded sale is not held here")
+        if receipt(f"refund:{data.get('refund_id')}") is not None:
+            return ("refund_key_taken", f"refund id {data.get('refund_id')!r} already used here")
+    elif event.kind is Kind.CARD_ISSUED:
+        row = conn.execute(
+            select(schema.cards.c.customer_id).where(schema.cards.c.code == data.get("code"))
+        ).first()
+        if row is not None:
+            return ("card_code_taken", f"card {data.get('code')} already belongs to a customer")
+    elif event.kind is Kind.CUSTOMER_ENROLLED:
+        row = conn.execute(
+            select(schema.customers.c.customer_id).where(
+                schema.customers.c.customer_id == event.customer_id
+            )
+        ).first()
+        if row is not None:
+            return ("customer_exists", f"customer {event.customer_id} already exists")
+    return None
+
+
 def rebuild_into(conn: Connection, events: Iterable[Event]) -> None:
     """Fill empty projection tables on ``conn`` from ``events`` in order."""
     states: dict[str, CustomerState] = {}
     for event in events:
-        apply_side_tables(conn, event)
+        if side_table_problem(conn, event) is None:
+            apply_side_tables(conn, event)
         if event.customer_id is not None and event.postings:
             states.setdefault(event.customer_id, CustomerState(event.customer_id)).apply(event)
     for state in states.values():
@@ -170,8 +256,49 @@ def snapshot(conn: Connection) -> dict[str, Any]:
             for r in conn.execute(select(schema.balances).where(schema.balances.c.balance != 0))
         ),
         "lots": sorted(tuple(r) for r in conn.execute(select(schema.lots))),
+        "usage": sorted(tuple(r) for r in conn.execute(select(schema.usage))),
+        "coupons": sorted(tuple(r) for r in conn.execute(select(schema.coupons))),
+        "referrals": sorted(tuple(r) for r in conn.execute(select(schema.referrals))),
         "receipts": sorted(
             (r.key, r.event_id, r.request_hash, json.dumps(json.loads(r.refunded), sort_keys=True))
             for r in conn.execute(select(schema.receipts))
         ),
     }
+
+
+def usage_counts(conn: Connection, keys: list[str]) -> dict[str, int]:
+    """Ledger-wide use counters for ``keys`` (absent keys are not in the answer)."""
+    if not keys:
+        return {}
+    rows = conn.execute(select(schema.usage).where(schema.usage.c.key.in_(keys)))
+    return {str(row[0]): int(row[1]) for row in rows}
+
+
+def open_coupons(conn: Connection, customer_id: str) -> list[dict[str, Any]]:
+    """Coupons issued to a customer and not yet used (expired ones included)."""
+    used = schema.usage.c.key
+    rows = conn.execute(
+        select(schema.coupons)
+        .where(schema.coupons.c.customer_id == customer_id)
+        .order_by(schema.coupons.c.issued_at, schema.coupons.c.serial)
+    )
+    out = []
+    for row in rows:
+        spent = conn.execute(select(used).where(used == f"coupon:{row.serial}")).first()
+        if spent is None:
+            out.append(
+                {
+                    "serial": row.serial,
+                    "program": row.program,
+                    "code": row.code,
+                    "expires_at": row.expires_at,
+                }
+            )
+    return out
+
+
+def referrer_of(conn: Connection, code: str) -> str | None:
+    row = conn.execute(
+        select(schema.referrals.c.customer_id).where(schema.referrals.c.code == code)
+    ).first()
+    return None if row is None else str(row.customer_id)

@@ -100,3 +100,83 @@ receipts = Table(
     Column("refunded", Text, nullable=False),  # JSON {line index: units refunded so far}
     Column("response", Text, nullable=False),
 )
+
+# -- sync bookkeeping (migration 0002) --------------------------------------------------------
+# Not projections: what the server acknowledged and where the pull stands. ``events`` stays
+# append-only; remote events are appended to it with their own till's id, seq and hashes.
+
+sync_state = Table(
+    "sync_state",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("epoch", Integer, nullable=False),
+    Column("acked_seq", Integer, nullable=False),  # own events up to here are on the server
+    Column("cursor", String(200)),  # the server's pull cursor (opaque)
+    Column("last_push_at", String(40)),
+    Column("last_pull_at", String(40)),
+)
+
+sync_credentials = Table(
+    "sync_credentials",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("server_url", Text, nullable=False),
+    Column("terminal_id", String(64), nullable=False),
+    Column("merchant_id", String(64), nullable=False),
+    Column("store_id", String(64), nullable=False),
+    Column("credential", Text, nullable=False),
+    Column("paired_at", String(40), nullable=False),
+)
+
+sync_conflicts = Table(
+    "sync_conflicts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("direction", String(8), nullable=False),  # push | pull
+    Column("event_id", String(36), nullable=False),
+    Column("terminal_id", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("recorded_at", String(40), nullable=False),
+)
+
+chain_stubs = Table(
+    "chain_stubs",
+    metadata,
+    Column("terminal_id", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Column("prev_hash", LargeBinary(32), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    PrimaryKeyConstraint("terminal_id", "seq"),
+)
+
+# -- the program catalog (revision 0002_catalog) -------------------------------------------
+
+usage = Table(
+    "usage",
+    metadata,
+    # "promo:<program>", "coupon:<serial>", "voucher:<gift program>": uses recorded by sales
+    Column("key", String(160), primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+
+coupons = Table(
+    "coupons",
+    metadata,
+    Column("serial", String(16), primary_key=True),
+    Column("program", String(64), nullable=False),
+    Column("customer_id", String(36)),
+    Column("code", Text, nullable=False),
+    Column("issued_at", String(40), nullable=False),
+    Column("expires_at", String(40), nullable=False),
+)
+Index("ix_coupons_customer", coupons.c.customer_id)
+
+referrals = Table(
+    "referrals",
+    metadata,
+    Column("code", String(16), primary_key=True),
+    Column("customer_id", String(36), nullable=False),
+)

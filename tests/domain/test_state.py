@@ -120,7 +120,9 @@ operations = st.lists(
 
 
 @given(operations)
-def test_lots_hold_exactly_the_positive_balance(ops: list[tuple[str, int, int | None, bool]]) -> None:
+def test_lots_hold_exactly_the_positive_balance(
+    ops: list[tuple[str, int, int | None, bool]],
+) -> None:
     acc = PointsAccount()
     expected = 0
     for n, (op, amount, expiry, prefer) in enumerate(ops):

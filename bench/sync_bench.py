@@ -1,0 +1,281 @@
+"""Sync benchmarks (issue 5).
+
+1. Server ingest over HTTP into PostgreSQL (events/s) against a raw psycopg ``executemany``
+   of the same rows into a table of the same shape, in the same run: both and the ratio
+   (target >= 0.5).
+2. Catch-up: a till with N waiting events pushes them all (target <= 1 s for 10,000).
+3. Bootstrap: a new till pulls everything from a server holding M customers (enrolment +
+   card + one sale each) (target <= 5 s for 100,000).
+
+Starts its own PostgreSQL (Debian binaries, temporary directory, loopback, fsync on) unless
+``--pg URL`` is given. Usage::
+
+    .venv/bin/python bench/sync_bench.py [--events 10000] [--customers 100000] [--pg URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import uvicorn  # noqa: E402
+
+from pos_loyalty.domain.events import Event, Kind, Posting, Unit  # noqa: E402
+from pos_loyalty.domain.ids import uuid7  # noqa: E402
+from pos_loyalty.ledger.replication import Replica  # noqa: E402
+from pos_loyalty.ledger.store import Ledger  # noqa: E402
+from sync.client import SyncClient, _wire, pair  # noqa: E402
+from sync.protocol import PushRequest, WireEvent  # noqa: E402
+from sync.server.app import create_server_app  # noqa: E402
+from sync.server.store import ServerStore  # noqa: E402
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Postgres:
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="sync-bench-pg-"))
+        self.port = free_port()
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        self.data = self.dir / "data"
+        self._run([str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"])
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        self._run(
+            [str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log")]
+            + ["-w", "-o", opts, "start"]
+        )
+
+    def _run(self, cmd: list[str]) -> None:
+        subprocess.run(self.prefix + cmd, check=True, capture_output=True)
+
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        self._run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"])
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Server:
+    def __init__(self, store: ServerStore) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_server_app(store, rate=1e6, burst=10**6),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def fill_till(ledger: Ledger, n: int, customers: int = 1000) -> None:
+    at = datetime.now(UTC)
+    ids = [uuid7() for _ in range(customers)]
+    with ledger.transaction() as tx:
+        tx.append(
+            [
+                Event(
+                    uuid7(),
+                    Kind.ACCOUNT_ADJUSTED,
+                    ledger.terminal_id,
+                    at,
+                    ids[i % customers],
+                    postings=(Posting("points", Unit.POINTS, 1 + i % 7),),
+                    data={"reason": "bench"},
+                )
+                for i in range(n)
+            ]
+        )
+
+
+def paired_till(store: ServerStore, server: Server, root: Path, terminal: str) -> Replica:
+    ledger = Ledger(root / f"{terminal}.sqlite", terminal)
+    replica = Replica(ledger)
+    token = store.create_pairing_token(terminal, "bench", "bench-store")
+    replica.save_credentials(pair(server.url, token))
+    return replica
+
+
+def bench_ingest(store: ServerStore, server: Server, root: Path, n: int, pg_dsn: str) -> None:
+    import psycopg
+
+    replica = paired_till(store, server, root, "ingest-till")
+    fill_till(replica.ledger, n)
+    creds = replica.credentials()
+    assert creds is not None
+    client = SyncClient(replica, creds, batch=1000)
+    start = time.perf_counter()
+    result = client.push()
+    http_s = time.perf_counter() - start
+    client.close()
+    assert result.accepted == n, result
+    rows = replica_rows(replica)
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("DROP TABLE IF EXISTS raw_events")
+        conn.execute("CREATE TABLE raw_events (LIKE events INCLUDING ALL)")
+        conn.commit()
+        start = time.perf_counter()
+        with conn.cursor() as cur:
+            for i in range(0, len(rows), 1000):
+                cur.executemany(
+                    "INSERT INTO raw_events (merchant_id, id, server_seq, terminal_id, epoch,"
+                    " seq, kind, at, customer_id, key, payload, prev_hash, hash, received_at)"
+                    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                    rows[i : i + 1000],
+                )
+                conn.commit()
+        raw_s = time.perf_counter() - start
+        conn.execute("DROP TABLE raw_events")
+        conn.commit()
+    http_rate, raw_rate = n / http_s, n / raw_s
+    print(f"ingest over HTTP into PostgreSQL: {n} events in {http_s:.2f} s = {http_rate:,.0f}/s")
+    print(f"raw psycopg executemany:           {n} events in {raw_s:.2f} s = {raw_rate:,.0f}/s")
+    print(f"ratio {http_rate / raw_rate:.2f} (target >= 0.5); batches of 1000, one commit each")
+    print(f"catch-up: {n} waiting events pushed in {http_s:.2f} s (target <= 1 s for 10,000)")
+    replica.ledger.close()
+
+
+def replica_rows(replica: Replica) -> list[tuple[object, ...]]:
+    now = datetime.now(UTC).isoformat()
+    from sqlalchemy import select
+
+    from pos_loyalty.ledger import schema
+
+    with replica.ledger.reader() as tx:
+        return [
+            (
+                "raw",
+                r.id,
+                i,
+                r.terminal_id,
+                1,
+                r.seq,
+                r.kind,
+                r.at,
+                r.customer_id,
+                r.key,
+                r.payload,
+                bytes(r.prev_hash),
+                bytes(r.hash),
+                now,
+            )
+            for i, r in enumerate(
+                tx.conn.execute(select(schema.events).order_by(schema.events.c.seq))
+            )
+        ]
+
+
+def bench_bootstrap(store: ServerStore, server: Server, root: Path, customers: int) -> None:
+    seeder = paired_till(store, server, root, "seed-till")
+    at = datetime.now(UTC)
+    print(f"seeding {customers} customers (3 events each) ...", flush=True)
+    auth = store.authenticate(seeder.credentials().credential)  # type: ignore[union-attr]
+    step = 5000
+    for start in range(0, customers, step):
+        events = []
+        for i in range(start, min(customers, start + step)):
+            cid = uuid7()
+            events.append(
+                Event(uuid7(), Kind.CUSTOMER_ENROLLED, "seed-till", at, cid, data={"profile": {}})
+            )
+            events.append(
+                Event(uuid7(), Kind.CARD_ISSUED, "seed-till", at, cid, data={"code": f"PL{i:013d}"})
+            )
+            events.append(
+                Event(
+                    uuid7(),
+                    Kind.ACCOUNT_ADJUSTED,
+                    "seed-till",
+                    at,
+                    cid,
+                    postings=(Posting("points", Unit.POINTS, 10),),
+                    data={"reason": "seed"},
+                )
+            )
+        with seeder.ledger.transaction() as tx:
+            tx.append(events)
+        waiting = seeder.unsynced(10**9)
+        for i in range(0, len(waiting), 1000):
+            chunk = waiting[i : i + 1000]
+            store.ingest(
+                auth,
+                PushRequest(
+                    terminal_id="seed-till",
+                    events=[WireEvent.model_validate(_wire(e)) for e in chunk],
+                ),
+            )
+        with seeder.ledger.transaction() as tx:
+            Replica._save_state(tx.conn, acked_seq=waiting[-1].seq)
+    fresh = paired_till(store, server, root, "new-till")
+    creds = fresh.credentials()
+    assert creds is not None
+    client = SyncClient(fresh, creds, page=5000)
+    start = time.perf_counter()
+    applied = client.pull()
+    took = time.perf_counter() - start
+    client.close()
+    print(
+        f"bootstrap: new till pulled {applied.applied} events of {customers} customers "
+        f"in {took:.2f} s (target <= 5 s for 100,000 customers)"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--pg", help="PostgreSQL URL (default: start a private server)")
+    args = parser.parse_args()
+    pg = None if args.pg else Postgres()
+    url = args.pg or pg.url()  # type: ignore[union-attr]
+    root = Path(tempfile.mkdtemp(prefix="sync-bench-"))
+    store = ServerStore(url)
+    server = Server(store)
+    try:
+        dsn = url.replace("postgresql+psycopg://", "postgresql://")
+        bench_ingest(store, server, root, args.events, dsn)
+        if args.customers:
+            bench_bootstrap(store, server, root, args.customers)
+    finally:
+        server.stop()
+        store.close()
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

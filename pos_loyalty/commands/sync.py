@@ -1,0 +1,225 @@
+"""``pos-loyalty sync``, ``pos-loyalty server`` and ``pos-loyalty pair``.
+
+Standard library only at module level (see ``pos_loyalty.commands``); the sync stack is
+imported inside ``run``.
+
+- ``sync [--once]``: the till's sync worker (one per ledger, enforced by a lock). ``--once``
+  runs one round and exits 1 when the server cannot be reached or refuses.
+- ``server [--db URL] [--host H] [--port N]``: the central server (SQLite file in the data
+  directory by default; ``postgresql+psycopg://...`` in production).
+- ``server token create --terminal ID [--merchant M --store S]``: a one-time pairing token.
+- ``server token revoke --terminal ID``: refuse a till from now on.
+- ``server conflicts`` / ``server overdrafts``: what an operator must look at.
+- ``pair --server URL --token TOKEN``: exchange a pairing token for this till's credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+COMMANDS = ("sync", "server", "pair")
+
+SERVER_DB_ENV = "POS_LOYALTY_SERVER_DB"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("sync", help="sync this till's ledger with the central server")
+    p.add_argument("--once", action="store_true", help="one round, then exit (1 if it failed)")
+    p.add_argument("--server", help="override the paired server URL")
+
+    p = sub.add_parser("server", help="the central server, and its administration")
+    p.add_argument("--db", help=f"database URL (default: env {SERVER_DB_ENV} or a SQLite file)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8740)
+    p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="request size limit")
+    server_sub = p.add_subparsers(dest="server_command", metavar="ACTION")
+    t = server_sub.add_parser("token", help="pairing tokens and revocation")
+    token_sub = t.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    q = token_sub.add_parser("create", help="a one-time pairing token for a till")
+    q.add_argument("--terminal", required=True)
+    q.add_argument("--merchant", default="default")
+    q.add_argument("--store", default="default")
+    q = token_sub.add_parser("revoke", help="refuse a till's credentials from now on")
+    q.add_argument("--terminal", required=True)
+    server_sub.add_parser("conflicts", help="list conflicts recorded at ingest")
+    server_sub.add_parser("overdrafts", help="list balances booked negative by redemptions")
+
+    p = sub.add_parser("pair", help="pair this till with a central server")
+    p.add_argument("--server", required=True, help="the server's URL (https in production)")
+    p.add_argument("--token", required=True, help="from `pos-loyalty server token create`")
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"pos-loyalty: {message}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace, settings: Any) -> int:
+    if args.command == "server":
+        return _server(args, settings)
+    if args.command == "pair":
+        return _pair(args, settings)
+    return _sync(args, settings)
+
+
+def _server_url(args: argparse.Namespace, settings: Any) -> str:
+    if args.db:
+        return str(args.db)
+    if os.environ.get(SERVER_DB_ENV):
+        return os.environ[SERVER_DB_ENV]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{settings.data_dir / 'server.sqlite'}"
+
+
+def _server(args: argparse.Namespace, settings: Any) -> int:
+    from sync.server.store import ServerStore, SyncError
+
+    store = ServerStore(_server_url(args, settings))
+    try:
+        if args.server_command == "token":
+            if args.token_command == "create":
+                token = store.create_pairing_token(args.terminal, args.merchant, args.store)
+                out: Any = {"terminal_id": args.terminal, "token": token}
+                return _emit(args, out, token)
+            if not store.revoke(args.terminal):
+                return _fail(f"unknown terminal {args.terminal!r}")
+            return _emit(args, {"revoked": args.terminal}, f"till {args.terminal} revoked")
+        if args.server_command in ("conflicts", "overdrafts"):
+            rows = store.conflicts() if args.server_command == "conflicts" else store.overdrafts()
+            if args.json:
+                print(json.dumps(rows, default=str))
+            elif not rows:
+                print(f"no {args.server_command}")
+            for r in rows:
+                if args.server_command == "conflicts":
+                    print(
+                        f"#{r['id']} {r['recorded_at'][:19]} {r['merchant_id']}/"
+                        f"{r['terminal_id']} seq {r['seq']} event {r['event_id']}: "
+                        f"{r['reason']}: {r['message']}"
+                    )
+                else:
+                    print(
+                        f"#{r['id']} {r['flagged_at'][:19]} {r['merchant_id']} customer "
+                        f"{r['customer_id']} {r['program']} -> {r['balance_after']} "
+                        f"(event {r['event_id']} at {r['terminal_id']})"
+                    )
+            return 0
+        return _serve(args, store)
+    except SyncError as exc:
+        return _fail(f"{exc.code}: {exc.message}")
+    finally:
+        store.close()
+
+
+def _serve(args: argparse.Namespace, store: Any) -> int:
+    import logging
+
+    import uvicorn
+
+    from sync.server.app import create_server_app
+
+    if not 0 <= args.port <= 65535:
+        return _fail("--port must be between 0 and 65535", 2)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    print(
+        f"pos-loyalty server on http://{args.host}:{args.port}/v1/sync "
+        f"(database {store.engine.url.render_as_string(hide_password=True)})",
+        flush=True,
+    )
+    uvicorn.run(
+        create_server_app(store, max_body_bytes=args.max_body),
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level="warning",
+    )
+    return 0
+
+
+def _pair(args: argparse.Namespace, settings: Any) -> int:
+    from pos_loyalty.bootstrap import ledger_path
+    from pos_loyalty.ledger.replication import Replica
+    from pos_loyalty.ledger.store import Ledger
+    from sync.client import SyncFailed, pair
+
+    if not args.server.startswith(("http://", "https://")):
+        return _fail("--server must be an http:// or https:// URL", 2)
+    try:
+        creds = pair(args.server, args.token)
+    except SyncFailed as exc:
+        return _fail(str(exc))
+    ledger = Ledger(ledger_path(settings), settings.terminal_id)
+    try:
+        Replica(ledger).save_credentials(creds)
+    except ValueError as exc:
+        return _fail(str(exc))
+    finally:
+        ledger.close()
+    return _emit(
+        args,
+        {"terminal_id": creds.terminal_id, "merchant_id": creds.merchant_id},
+        f"paired till {creds.terminal_id} with {creds.server_url} "
+        f"(merchant {creds.merchant_id}, store {creds.store_id})",
+    )
+
+
+def _sync(args: argparse.Namespace, settings: Any) -> int:
+    import logging
+    import signal
+
+    from pos_loyalty.bootstrap import ledger_path
+    from pos_loyalty.ledger.replication import Credentials, Replica
+    from pos_loyalty.ledger.store import Ledger
+    from sync.client import SyncFailed
+    from sync.daemon import AlreadyRunning, SyncWorker
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ledger = Ledger(ledger_path(settings), settings.terminal_id)
+    try:
+        creds = Replica(ledger).credentials()
+        if creds is None:
+            return _fail("this till is not paired: run `pos-loyalty pair --server URL --token T`")
+        if args.server:
+            creds = Credentials(
+                args.server, creds.terminal_id, creds.merchant_id, creds.store_id, creds.credential
+            )
+        worker = SyncWorker(
+            ledger,
+            creds,
+            data_dir=settings.data_dir,
+            interval=float(settings.sync.interval_seconds),
+        )
+        if not args.once:
+            signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
+        try:
+            worker.run(once=args.once)
+        except AlreadyRunning as exc:
+            return _fail(str(exc))
+        except SyncFailed as exc:
+            return _fail(f"sync failed: {exc}")
+        if args.once:
+            status = worker.status()["sync"]
+            return _emit(
+                args,
+                status,
+                f"synced with {creds.server_url}: {status['events_waiting']} waiting, "
+                f"{status['conflicts']} conflict(s)",
+            )
+        return 0
+    finally:
+        ledger.close()
+
+
+def _emit(args: argparse.Namespace, out: Any, text: str) -> int:
+    print(json.dumps(out, sort_keys=True, default=str) if args.json else text)
+    return 0

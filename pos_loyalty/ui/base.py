@@ -1,0 +1,88 @@
+"""What every screen of the terminal has: a title, a message line, the status bar, the footer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Static
+
+from pos_loyalty.ui.status import StatusState, status_text
+from pos_loyalty.ui.text import plain_error
+
+if TYPE_CHECKING:
+    from pos_loyalty.ui.app import TerminalApp
+
+
+class Plain(Static):
+    """A Static that shows text as it is: never parsed as markup (names, codes, SKUs typed
+    by people must not be able to break the screen)."""
+
+    def __init__(self, content: Any = "", **kwargs: Any) -> None:
+        kwargs.setdefault("markup", False)
+        super().__init__(content, **kwargs)
+
+
+class StatusBar(Static):
+    """Online/offline, events waiting, last sync, readers, till and store: always visible."""
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "status_state", self._show, init=True)
+
+    def _show(self, state: StatusState) -> None:
+        self.update(Text(status_text(state, max(self.size.width - 2, 20)), no_wrap=True))
+
+    def on_resize(self) -> None:
+        self._show(self.till.status_state)
+
+    @property
+    def till(self) -> TerminalApp:
+        return self.app  # type: ignore[return-value]
+
+
+class Notice(Static):
+    """The screen's one-line message: what just happened or what went wrong, in words."""
+
+    def say(self, text: str, *, error: bool = False) -> None:
+        self.set_class(error, "error")
+        self.set_class(not error and bool(text), "info")
+        self.update(Text(("! " if error else "") + text))
+
+
+class TitleBar(Static):
+    pass
+
+
+class TillScreen(Screen[Any]):
+    """Base screen: ``body()`` yields the content between title and message line."""
+
+    TITLE_TEXT = ""
+    BINDINGS = [Binding("f1", "app.help", "Help")]
+
+    @property
+    def till(self) -> TerminalApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        shop = self.till.service.settings.shop_name or "Loyalty"
+        yield TitleBar(f"{shop} · {self.TITLE_TEXT}", id="title")
+        with Vertical(id="body"):
+            yield from self.body()
+        yield Notice(id="message")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    def body(self) -> Iterable[Widget]:
+        return ()
+
+    def say(self, text: str, *, error: bool = False) -> None:
+        self.query_one("#message", Notice).say(text, error=error)
+
+    def say_error(self, exc: BaseException) -> None:
+        self.say(plain_error(exc), error=True)

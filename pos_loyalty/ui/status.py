@@ -1,0 +1,75 @@
+"""The status bar's content: a plain record and its wording (no Textual here).
+
+Words, not colours, carry the meaning (ONLINE/OFFLINE, UNPLUGGED), so a monochrome screen
+reads the same. When the line is too long for the terminal, the least important parts go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+_READER_WORDS = {
+    "connected": "ok",
+    "disconnected": "UNPLUGGED",
+    "reconnecting": "reconnecting",
+    "error": "ERROR",
+    "waiting": "starting",
+}
+
+
+@dataclass(frozen=True)
+class StatusState:
+    online: bool = False
+    sync_configured: bool = False
+    sync_message: str = "sync not configured"
+    events_waiting: int | None = None
+    last_sync: datetime | None = None
+    readers: tuple[tuple[str, str], ...] = ()  # (name, state) in configured order
+    terminal_id: str = ""
+    store_id: str = ""
+    api: str = ""  # "API :8765", "API off: port 8765 busy", "" when not embedded
+    extra: tuple[str, ...] = field(default=())
+
+    def with_reader(self, name: str, state: str) -> StatusState:
+        readers = list(self.readers)
+        for i, (n, _) in enumerate(readers):
+            if n == name:
+                readers[i] = (name, state)
+                break
+        else:
+            readers.append((name, state))
+        return replace(self, readers=tuple(readers))
+
+
+def status_parts(state: StatusState) -> list[tuple[int, str]]:
+    """(priority, text) pairs; lower priority numbers stay longest."""
+    if state.online:
+        sync = "ONLINE"
+    elif state.sync_configured:
+        sync = f"OFFLINE ({state.sync_message})" if state.sync_message else "OFFLINE"
+    else:
+        sync = "OFFLINE (sync not configured)"
+    parts = [(0, sync)]
+    if state.events_waiting is not None:
+        parts.append((1, f"{state.events_waiting} waiting"))
+    last = state.last_sync.strftime("%H:%M") if state.last_sync else "never"
+    parts.append((3, f"last sync {last}"))
+    readers = ", ".join(f"{n} {_READER_WORDS.get(s, s)}" for n, s in state.readers)
+    parts.append((2, f"readers: {readers}" if readers else "keyboard only"))
+    parts.append((4, f"{state.terminal_id}@{state.store_id}"))
+    if state.api:
+        parts.append((5, state.api))
+    parts.extend((6, e) for e in state.extra)
+    return parts
+
+
+def status_text(state: StatusState, width: int = 200) -> str:
+    """The status line, dropping the least important parts until it fits ``width``."""
+    parts = status_parts(state)
+    while True:
+        text = " | ".join(p for _, p in parts)
+        if len(text) <= width or len(parts) <= 1:
+            return text if len(text) <= width else text[: max(width - 1, 0)] + "~"
+        drop = max(range(len(parts)), key=lambda i: parts[i][0])
+        parts.pop(drop)

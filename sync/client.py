@@ -1,0 +1,265 @@
+"""The till's sync client: one round = push own events, pull other tills' events.
+
+Pushes go in ``seq`` order in batches; ``acked_seq`` moves only after the server's answer is
+committed locally (``Replica.record_answers``). Pulls page after the cursor, and each page is
+applied in one local transaction together with the new cursor. Any failure in between leaves
+the ledger as it was before that step: the next round resends or re-pulls, and the server
+and ``apply_pulled`` make the repeat a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from pos_loyalty.ledger.replication import (
+    Answer,
+    Applied,
+    Credentials,
+    Replica,
+    StoredEvent,
+    Stub,
+)
+from sync.protocol import (
+    PROTOCOL_VERSION,
+    PairResponse,
+    PullResponse,
+    PushResponse,
+    WireEvent,
+)
+
+log = logging.getLogger("sync.client")
+
+DEFAULT_BATCH = 500
+DEFAULT_PAGE = 2000
+
+
+class SyncFailed(Exception):
+    """A round could not complete. ``reachable`` is False when the server could not be
+    reached (network, timeout, 5xx): retry later. True: it refused (fix something)."""
+
+    def __init__(self, message: str, *, reachable: bool, code: str = "unreachable") -> None:
+        super().__init__(message)
+        self.reachable = reachable
+        self.code = code
+
+
+@dataclass
+class RoundResult:
+    pushed: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    pulled: Applied = field(default_factory=Applied)
+
+
+def _wire(e: StoredEvent) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "terminal_id": e.terminal_id,
+        "seq": e.seq,
+        "kind": e.kind,
+        "at": e.at,
+        "customer_id": e.customer_id,
+        "key": e.key,
+        "payload": e.payload,
+        "prev_hash": e.prev_hash.hex(),
+        "hash": e.hash.hex(),
+    }
+
+
+def _stored(w: WireEvent) -> StoredEvent:
+    return StoredEvent(
+        w.id,
+        w.terminal_id,
+        w.seq,
+        w.kind,
+        w.at,
+        w.customer_id,
+        w.key,
+        w.payload,
+        bytes.fromhex(w.prev_hash),
+        bytes.fromhex(w.hash),
+    )
+
+
+def _refusal(response: httpx.Response) -> SyncFailed:
+    try:
+        body = response.json()["error"]
+        code, message = str(body["code"]), str(body["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", f"HTTP {response.status_code}"
+    if response.status_code >= 500 or response.status_code == 429:
+        return SyncFailed(f"server answered {response.status_code}: {message}", reachable=False)
+    return SyncFailed(f"server refused ({code}): {message}", reachable=True, code=code)
+
+
+def pair(
+    server_url: str, token: str, *, http: httpx.Client | None = None, timeout: float = 10.0
+) -> Credentials:
+    """Exchange a one-time pairing token for this till's credentials."""
+    client = http or httpx.Client(timeout=timeout)
+    try:
+        response = client.post(
+            server_url.rstrip("/") + "/v1/sync/pair",
+            json={"protocol": PROTOCOL_VERSION, "token": token},
+        )
+    except httpx.HTTPError as exc:
+        raise SyncFailed(f"cannot reach {server_url}: {exc}", reachable=False) from None
+    finally:
+        if http is None:
+            client.close()
+    if response.status_code != 200:
+        raise _refusal(response)
+    body = PairResponse.model_validate_json(response.content)
+    return Credentials(
+        server_url.rstrip("/"), body.terminal_id, body.merchant_id, body.store_id, body.credential
+    )
+
+
+class SyncClient:
+    """Push and pull for one till over HTTP(S). Not thread-safe: one per worker."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        credentials: Credentials,
+        *,
+        http: httpx.Client | None = None,
+        timeout: float = 30.0,
+        batch: int = DEFAULT_BATCH,
+        page: int = DEFAULT_PAGE,
+        progress: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.replica = replica
+        self.credentials = credentials
+        self.base = credentials.server_url.rstrip("/")
+        self._own_http = http is None
+        self.http = http or httpx.Client(timeout=timeout, verify=True)
+        self.batch = batch
+        self.page = page
+        self.progress = progress
+        self._headers = {"authorization": f"Bearer {credentials.credential}"}
+
+    def close(self) -> None:
+        if self._own_http:
+            self.http.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            headers = {**self._headers, **kw.pop("headers", {})}
+            response = self.http.request(method, self.base + path, headers=headers, **kw)
+        except httpx.HTTPError as exc:
+            raise SyncFailed(
+                f"cannot reach {self.base}: {type(exc).__name__}: {exc}", reachable=False
+            ) from None
+        return response
+
+    def push(self) -> RoundResult:
+        """Push every unacknowledged own event, in seq order, in batches."""
+        result = RoundResult()
+        while True:
+            sent = self.replica.unsynced(self.batch)
+            if not sent:
+                return result
+            body = json.dumps(
+                {
+                    "protocol": PROTOCOL_VERSION,
+                    "terminal_id": self.replica.terminal_id,
+                    "events": [_wire(e) for e in sent],
+                }
+            )
+            response = self._request(
+                "POST",
+                "/v1/sync/push",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+            if response.status_code == 409 and _code(response) == "sequence_gap":
+                head = response.json()["error"].get("head") or {}
+                log.warning("server holds our chain only up to seq %s: resending", head)
+                self.replica.rewind(int(head.get("seq", 0)))
+                continue
+            if response.status_code != 200:
+                raise _refusal(response)
+            try:
+                answer = PushResponse.model_validate_json(response.content)
+            except ValueError:
+                raise SyncFailed(
+                    "the server's answer was cut or garbled", reachable=False
+                ) from None
+            answers = [
+                Answer(r.id, r.seq, r.status.value, r.reason, r.message, r.winner_payload)
+                for r in answer.results
+            ]
+            self.replica.record_answers(sent, answers, answer.head.epoch)
+            result.pushed += len(sent)
+            for a in answers:
+                if a.status == "accepted":
+                    result.accepted += 1
+                elif a.status == "duplicate":
+                    result.duplicates += 1
+                else:
+                    result.conflicts += 1
+            if self.progress:
+                self.progress("push", result.pushed)
+
+    def pull(self) -> Applied:
+        """Apply every event of the merchant's other tills after our cursor."""
+        total = Applied()
+        while True:
+            cursor = self.replica.state().cursor
+            params: dict[str, Any] = {"limit": self.page}
+            if cursor:
+                params["after"] = cursor
+            response = self._request("GET", "/v1/sync/pull", params=params)
+            if response.status_code != 200:
+                raise _refusal(response)
+            try:
+                page = PullResponse.model_validate_json(response.content)
+            except ValueError:
+                raise SyncFailed(
+                    "the server's answer was cut or garbled", reachable=False
+                ) from None
+            applied = self.replica.apply_pulled(
+                (_stored(p.event) for p in page.events),
+                (
+                    Stub(
+                        s.terminal_id,
+                        s.seq,
+                        s.id,
+                        bytes.fromhex(s.prev_hash),
+                        bytes.fromhex(s.hash),
+                    )
+                    for s in page.stubs
+                ),
+                page.cursor,
+            )
+            total.applied += applied.applied
+            total.skipped += applied.skipped
+            total.conflicts += applied.conflicts
+            if self.progress:
+                self.progress("pull", total.applied)
+            if not page.more:
+                return total
+
+    def round(self) -> RoundResult:
+        result = self.push()
+        result.pulled = self.pull()
+        # Booked reconciliations (superseded expiries) are own events too: push them now.
+        extra = self.push()
+        result.pushed += extra.pushed
+        result.accepted += extra.accepted
+        return result
+
+
+def _code(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""

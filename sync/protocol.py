@@ -1,0 +1,189 @@
+"""The sync wire protocol, shared by the till (``sync.client``) and the server (``sync.server``).
+
+Versioned: every request and answer carries ``protocol``; the server refuses versions it does
+not speak (``426 protocol_unsupported``). Additive changes keep the version; anything else
+bumps it.
+
+A pushed event is exactly what the till stored: the row of its ``events`` table (id,
+terminal_id, seq, kind, at, customer_id, key, payload as canonical JSON text, prev_hash and
+hash as hex). The server re-computes the hash from these fields, so a batch that was altered
+in transit, or a till that edited its ledger, is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from pos_loyalty.domain.events import Event
+from pos_loyalty.ledger.codec import chain_hash, event_from_row
+
+PROTOCOL_VERSION = 1
+MAX_BATCH = 1000  # events per push
+MAX_PAGE = 5000  # events per pull page
+
+Hex32 = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
+Text = Annotated[StrictStr, Field(max_length=128)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WireEvent(_Model):
+    """One event as the till stored it."""
+
+    id: Annotated[StrictStr, Field(min_length=1, max_length=36)]
+    terminal_id: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    seq: Annotated[StrictInt, Field(ge=1)]
+    kind: Annotated[StrictStr, Field(min_length=1, max_length=32)]
+    at: Annotated[StrictStr, Field(min_length=1, max_length=40)]
+    customer_id: Annotated[StrictStr, Field(max_length=36)] | None = None
+    key: Text | None = None
+    payload: Annotated[StrictStr, Field(max_length=200_000)]
+    prev_hash: Hex32
+    hash: Hex32
+
+    @staticmethod
+    def from_row(row: Any) -> WireEvent:
+        return WireEvent(
+            id=row.id,
+            terminal_id=row.terminal_id,
+            seq=row.seq,
+            kind=row.kind,
+            at=row.at,
+            customer_id=row.customer_id,
+            key=row.key,
+            payload=row.payload,
+            prev_hash=bytes(row.prev_hash).hex(),
+            hash=bytes(row.hash).hex(),
+        )
+
+    def to_event(self) -> Event:
+        """The domain event (raises ValueError/KeyError/TypeError when it does not decode)."""
+        return event_from_row(self)
+
+    def hash_ok(self) -> bool:
+        """Whether ``hash`` is the chain hash of this content after ``prev_hash``."""
+        try:
+            ev = self.to_event()
+            json.loads(self.payload)
+        except (ValueError, KeyError, TypeError):
+            return False
+        return chain_hash(bytes.fromhex(self.prev_hash), ev).hex() == self.hash
+
+
+class Status(str, Enum):
+    ACCEPTED = "accepted"  # new: stored, given a server sequence
+    DUPLICATE = "duplicate"  # the server already had this event (a resend): nothing changed
+    CONFLICT = "conflict"  # refused for this reason; recorded on the server for an operator
+
+
+class EventResult(_Model):
+    id: StrictStr
+    seq: StrictInt
+    status: Status
+    reason: StrictStr | None = None
+    message: StrictStr | None = None
+    server_seq: StrictInt | None = None
+    # For a derived-id expiry another till recorded first: the postings the server counts.
+    # The pushing till books the difference locally (``ledger.replication``).
+    winner_payload: StrictStr | None = None
+
+
+class PushRequest(_Model):
+    protocol: StrictInt = PROTOCOL_VERSION
+    terminal_id: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    events: Annotated[list[WireEvent], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class ChainHead(_Model):
+    epoch: StrictInt
+    seq: StrictInt
+    hash: Hex32
+
+
+class PushResponse(_Model):
+    protocol: StrictInt = PROTOCOL_VERSION
+    results: list[EventResult]
+    head: ChainHead
+
+
+class PulledEvent(_Model):
+    server_seq: StrictInt
+    event: WireEvent
+
+
+class ChainStub(_Model):
+    """A chain slot whose event is not served (a superseded expiry copy, a local-only
+    reconciliation, a quarantined fork): enough for a replica to check the chain links."""
+
+    terminal_id: StrictStr
+    seq: StrictInt
+    id: StrictStr
+    prev_hash: Hex32
+    hash: Hex32
+
+
+class PullResponse(_Model):
+    protocol: StrictInt = PROTOCOL_VERSION
+    events: list[PulledEvent]
+    stubs: list[ChainStub] = []
+    cursor: StrictStr  # opaque: pass it back as ``after``
+    more: bool
+
+
+class CustomerBalance(_Model):
+    customer_id: StrictStr
+    program: StrictStr
+    unit: StrictStr
+    balance: StrictInt
+    overdraft: bool = False
+
+
+class SnapshotPage(_Model):
+    """Balances as the server folded them up to ``cursor`` (bootstrap, reporting)."""
+
+    protocol: StrictInt = PROTOCOL_VERSION
+    cursor: StrictStr
+    balances: list[CustomerBalance]
+    next_after: StrictStr | None  # customer id to continue after, None at the end
+
+
+class ProgramConfig(_Model):
+    protocol: StrictInt = PROTOCOL_VERSION
+    version: StrictInt  # 0: the server holds none; the till keeps its own file
+    config: StrictStr  # TOML text of the [[programs]] tables
+
+
+class PairRequest(_Model):
+    protocol: StrictInt = PROTOCOL_VERSION
+    token: Annotated[StrictStr, Field(min_length=16, max_length=128)]
+
+
+class PairResponse(_Model):
+    protocol: StrictInt = PROTOCOL_VERSION
+    terminal_id: StrictStr
+    merchant_id: StrictStr
+    store_id: StrictStr
+    credential: StrictStr  # the bearer secret; the server keeps only its hash
+
+
+class ErrorBody(_Model):
+    code: StrictStr
+    message: StrictStr
+
+
+def make_cursor(merchant_id: str, server_seq: int) -> str:
+    return f"{merchant_id}:{server_seq}"
+
+
+def parse_cursor(cursor: str) -> tuple[str, int]:
+    """``(merchant_id, server_seq)``; ValueError when it is not a cursor."""
+    merchant, sep, seq = cursor.rpartition(":")
+    if not sep or not merchant or not seq.isdigit():
+        raise ValueError(f"not a sync cursor: {cursor!r}")
+    return merchant, int(seq)

@@ -1,0 +1,189 @@
+"""The central server's HTTP API (FastAPI): pairing, push, pull, snapshot, program config.
+
+Every refusal is ``{"error": {"code", "message"}}`` with a 4xx status and writes nothing.
+Tills authenticate with ``Authorization: Bearer <credential>`` (from ``pos-loyalty pair``).
+Bodies larger than ``max_body_bytes`` are refused (413) before they are parsed; each
+credential (or, before pairing, each client address) is rate limited (429).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sync.protocol import (
+    MAX_PAGE,
+    PROTOCOL_VERSION,
+    PairRequest,
+    PairResponse,
+    ProgramConfig,
+    PullResponse,
+    PushRequest,
+    PushResponse,
+    SnapshotPage,
+)
+
+from .store import ServerStore, SyncError, TillAuth
+
+log = logging.getLogger("sync.server")
+
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+class BodyLimit:
+    """Refuse bodies over ``limit`` bytes (declared or streamed) with 413, before parsing."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await error(413, "body_too_large", f"Bodies are limited to {self.limit} bytes.")(
+                    scope, receive, send
+                )
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await error(413, "body_too_large", f"Bodies are limited to {self.limit} bytes.")(
+                scope, receive, send
+            )
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class RateLimiter:
+    """Token buckets per key: ``rate`` requests per second, bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                return False
+            self._buckets[key] = (tokens - 1.0, now)
+            return True
+
+
+def create_server_app(
+    store: ServerStore,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    rate: float = 200.0,
+    burst: int = 400,
+) -> ASGIApp:
+    app = FastAPI(title="pos-loyalty central server", version=str(PROTOCOL_VERSION))
+    limiter = RateLimiter(rate, burst)
+
+    @app.exception_handler(SyncError)
+    async def _sync(_: Request, exc: SyncError) -> JSONResponse:
+        return error(exc.status, exc.code, exc.message, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        if first.get("type") == "json_invalid" or not loc:
+            return error(400, "malformed_request", "The body is not a valid JSON request.")
+        return error(422, "invalid_request", f"{loc}: {first.get('msg', 'is invalid')}.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error: %s", type(exc).__name__)
+        return error(500, "internal_error", "The server failed; nothing was written.")
+
+    def till(request: Request) -> TillAuth:
+        header = request.headers.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() != "bearer" or not credential:
+            raise SyncError(401, "credentials_required", "Send Authorization: Bearer <credential>.")
+        if not limiter.allow(credential[-16:]):
+            raise SyncError(429, "rate_limited", "Too many requests; slow down.")
+        return store.authenticate(credential.strip())
+
+    @app.get("/v1/sync/health")
+    def health() -> dict[str, Any]:
+        return {"ok": True, "protocol": PROTOCOL_VERSION}
+
+    @app.post("/v1/sync/pair")
+    def pair(body: PairRequest, request: Request) -> PairResponse:
+        client = request.client.host if request.client else "?"
+        if not limiter.allow("pair:" + client):
+            raise SyncError(429, "rate_limited", "Too many pairing attempts; slow down.")
+        auth, credential = store.pair(body.token)
+        return PairResponse(
+            terminal_id=auth.terminal_id,
+            merchant_id=auth.merchant_id,
+            store_id=auth.store_id,
+            credential=credential,
+        )
+
+    @app.post("/v1/sync/push")
+    def push(body: PushRequest, auth: TillAuth = Depends(till)) -> PushResponse:
+        return store.ingest(auth, body)
+
+    @app.get("/v1/sync/pull")
+    def pull(
+        auth: TillAuth = Depends(till),
+        after: Annotated[str | None, Query(max_length=200)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+    ) -> PullResponse:
+        return store.pull(auth, after, limit)
+
+    @app.get("/v1/sync/snapshot")
+    def snapshot(
+        auth: TillAuth = Depends(till),
+        after: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=50_000)] = 10_000,
+    ) -> SnapshotPage:
+        return store.snapshot(auth, after, limit)
+
+    @app.get("/v1/sync/config")
+    def config(auth: TillAuth = Depends(till)) -> ProgramConfig:
+        version, text = store.program_config(auth.merchant_id)
+        return ProgramConfig(version=version, config=text)
+
+    return BodyLimit(app, max_body_bytes)

@@ -1,0 +1,158 @@
+"""The central server's tables (SQLAlchemy Core). Alembic (``sync/server/migrations``) creates
+them; this mirrors head. Works on PostgreSQL (production) and SQLite (embedded default).
+
+- ``events``: the by-id event store, one row per event *effect* (dedup on (merchant, id)).
+- ``chain``: every till's hash chain slot by slot, (terminal, epoch, seq), whatever happened
+  to the event (accepted, superseded expiry copy, local-only reconciliation, quarantined
+  fork). ``server_seq`` is the merchant-wide position readers page by; it is assigned under
+  the merchant's counter row lock inside the ingest transaction, so it follows commit order.
+- ``balances`` / ``overdrafts``: the server's projections.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+merchants = Table(
+    "merchants",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("last_seq", BigInteger, nullable=False, default=0),  # the server_seq counter
+)
+
+stores = Table(
+    "stores",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("merchant_id", String(64), nullable=False),
+    Column("region", String(64)),
+)
+
+terminals = Table(
+    "terminals",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("merchant_id", String(64), nullable=False),
+    Column("store_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # active | revoked
+    Column("epoch", Integer, nullable=False, default=1),
+    Column("head_seq", BigInteger, nullable=False, default=0),
+    Column("head_hash", LargeBinary(32), nullable=False),
+    Column("created_at", String(40), nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),  # sha256 hex of the secret
+    Column("kind", String(16), nullable=False),  # pairing | till
+    Column("terminal_id", String(64), nullable=False),
+    Column("created_at", String(40), nullable=False),
+    Column("used_at", String(40)),
+    Column("revoked_at", String(40)),
+)
+Index("ix_tokens_terminal", tokens.c.terminal_id)
+
+events = Table(
+    "events",
+    metadata,
+    Column("merchant_id", String(64), nullable=False),
+    Column("id", String(36), nullable=False),
+    Column("server_seq", BigInteger, nullable=False),
+    Column("terminal_id", String(64), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("at", String(40), nullable=False),
+    Column("customer_id", String(36)),
+    Column("key", String(128)),
+    Column("payload", Text, nullable=False),
+    Column("prev_hash", LargeBinary(32), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    Column("received_at", String(40), nullable=False),
+    PrimaryKeyConstraint("merchant_id", "id"),
+    UniqueConstraint("merchant_id", "server_seq", name="uq_events_merchant_seq"),
+)
+Index("ix_events_terminal_seq", events.c.terminal_id, events.c.seq)
+Index("ix_events_customer", events.c.merchant_id, events.c.customer_id)
+
+chain = Table(
+    "chain",
+    metadata,
+    Column("terminal_id", String(64), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("merchant_id", String(64), nullable=False),
+    Column("server_seq", BigInteger, nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Column("prev_hash", LargeBinary(32), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    # accepted | superseded (expiry another till decided first) | local_only | conflict
+    Column("status", String(16), nullable=False),
+    Column("body", Text),  # the full wire event when it is not in ``events``
+    PrimaryKeyConstraint("terminal_id", "epoch", "seq"),
+    UniqueConstraint("merchant_id", "server_seq", name="uq_chain_merchant_seq"),
+)
+Index("ix_chain_terminal_seq", chain.c.terminal_id, chain.c.seq)
+
+balances = Table(
+    "balances",
+    metadata,
+    Column("merchant_id", String(64), nullable=False),
+    Column("customer_id", String(36), nullable=False),
+    Column("program", String(64), nullable=False),
+    Column("unit", String(8), nullable=False),
+    Column("balance", BigInteger, nullable=False),
+    Column("overdraft", Boolean, nullable=False, default=False),
+    PrimaryKeyConstraint("merchant_id", "customer_id", "program", "unit"),
+)
+
+overdrafts = Table(
+    "overdrafts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("merchant_id", String(64), nullable=False),
+    Column("customer_id", String(36), nullable=False),
+    Column("program", String(64), nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Column("terminal_id", String(64), nullable=False),
+    Column("balance_after", BigInteger, nullable=False),
+    Column("flagged_at", String(40), nullable=False),
+)
+
+conflicts = Table(
+    "conflicts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("merchant_id", String(64), nullable=False),
+    Column("terminal_id", String(64), nullable=False),
+    Column("event_id", String(36)),
+    Column("seq", BigInteger),
+    Column("reason", String(64), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("recorded_at", String(40), nullable=False),
+)
+
+programs = Table(
+    "programs",
+    metadata,
+    Column("merchant_id", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("config", Text, nullable=False),
+)

@@ -1,0 +1,819 @@
+"""The central server's store: pairing and credentials, ingest, pull, projections.
+
+Ingest is one transaction per batch:
+
+1. The terminal's row is locked (``SELECT ... FOR UPDATE``; SQLite: ``BEGIN IMMEDIATE``), so
+   two pushes of the same till serialise.
+2. Each event is placed in the till's chain: a slot already holding the same hash is a resend
+   (``duplicate``); ``seq == head + 1`` with a linking ``prev_hash`` extends the chain; a seq
+   at or behind the head with a different hash (the till was restored from an older backup
+   and re-used sequence numbers) opens a new *epoch* of that till's chain — nothing stored is
+   overwritten and the event with a re-used seq is quarantined as a conflict; a seq beyond
+   ``head + 1`` is refused as a whole batch (``409 sequence_gap`` with the server's head: the
+   server was restored, the till resends from there).
+3. The by-id store dedups on (merchant, event id): a new id is accepted and folded into the
+   balances; the same id with a different hash is refused loudly (``conflict``,
+   ``id_reused``) — except a derived-id expiry another till recorded first: its chain slot is
+   kept (``superseded``) and the answer is ``duplicate`` carrying the winner's payload, so the
+   pushing till books the difference locally (``ledger.replication``).
+4. The slots created get merchant-wide ``server_seq`` values from the merchant's counter row,
+   ``UPDATE merchants SET last_seq = last_seq + n RETURNING last_seq``, inside the same
+   transaction: the row lock is held until commit, so positions follow commit order and a
+   reader paging "after N" never skips a position that commits late.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import bindparam as bp
+
+from pos_loyalty.domain.events import Kind
+from pos_loyalty.domain.ids import expiry_event_id
+from pos_loyalty.ledger.codec import GENESIS
+from pos_loyalty.ledger.replication import reconcile_id, reconcile_postings
+from sync.protocol import (
+    PROTOCOL_VERSION,
+    ChainHead,
+    ChainStub,
+    CustomerBalance,
+    EventResult,
+    PulledEvent,
+    PullResponse,
+    PushRequest,
+    PushResponse,
+    SnapshotPage,
+    Status,
+    WireEvent,
+    make_cursor,
+    parse_cursor,
+)
+
+from . import schema
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_CHUNK = 500
+
+
+class SyncError(Exception):
+    """A refused request: HTTP status, stable code, human message. Nothing was written."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+@dataclass(frozen=True)
+class TillAuth:
+    terminal_id: str
+    merchant_id: str
+    store_id: str
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def is_derived_expiry(ev: WireEvent) -> bool:
+    if ev.kind != Kind.POINTS_EXPIRED.value:
+        return False
+    try:
+        lot = json.loads(ev.payload)["d"]["lot"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(lot, str) and ev.id == expiry_event_id(lot)
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def make_server_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA busy_timeout = 30000")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = FULL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class ServerStore:
+    """The server's database (PostgreSQL or SQLite), migrated on open."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_server_engine(url)
+        self.is_sqlite = url.startswith("sqlite")
+        migrate(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- merchants, stores, terminals, tokens ----------------------------------------------
+    def ensure_terminal(
+        self, terminal_id: str, merchant_id: str, store_id: str, region: str | None = None
+    ) -> None:
+        """Create the merchant, store and terminal if missing (a terminal never moves)."""
+        with self.engine.begin() as conn:
+            if (
+                conn.execute(
+                    select(schema.merchants.c.id).where(schema.merchants.c.id == merchant_id)
+                ).first()
+                is None
+            ):
+                conn.execute(
+                    insert(schema.merchants).values(id=merchant_id, name=merchant_id, last_seq=0)
+                )
+            store = conn.execute(
+                select(schema.stores).where(schema.stores.c.id == store_id)
+            ).first()
+            if store is None:
+                conn.execute(
+                    insert(schema.stores).values(
+                        id=store_id, merchant_id=merchant_id, region=region
+                    )
+                )
+            elif store.merchant_id != merchant_id:
+                raise SyncError(409, "store_of_other_merchant", f"store {store_id} is not yours")
+            term = conn.execute(
+                select(schema.terminals).where(schema.terminals.c.id == terminal_id)
+            ).first()
+            if term is None:
+                conn.execute(
+                    insert(schema.terminals).values(
+                        id=terminal_id,
+                        merchant_id=merchant_id,
+                        store_id=store_id,
+                        status="active",
+                        epoch=1,
+                        head_seq=0,
+                        head_hash=GENESIS,
+                        created_at=now_iso(),
+                    )
+                )
+            elif term.merchant_id != merchant_id or term.store_id != store_id:
+                raise SyncError(
+                    409,
+                    "terminal_exists",
+                    f"terminal {terminal_id} belongs to {term.merchant_id}/{term.store_id}",
+                )
+
+    def create_pairing_token(
+        self, terminal_id: str, merchant_id: str = "default", store_id: str = "default"
+    ) -> str:
+        """A one-time pairing secret for ``terminal_id``; only its hash is stored."""
+        self.ensure_terminal(terminal_id, merchant_id, store_id)
+        secret = "pair_" + secrets.token_urlsafe(24)
+        with self.engine.begin() as conn:
+            term = conn.execute(
+                select(schema.terminals.c.status).where(schema.terminals.c.id == terminal_id)
+            ).one()
+            if term.status != "active":
+                raise SyncError(403, "terminal_revoked", f"terminal {terminal_id} is revoked")
+            conn.execute(
+                insert(schema.tokens).values(
+                    token_hash=token_hash(secret),
+                    kind="pairing",
+                    terminal_id=terminal_id,
+                    created_at=now_iso(),
+                )
+            )
+        return secret
+
+    def pair(self, secret: str) -> tuple[TillAuth, str]:
+        """Exchange a pairing secret (once) for the till's bearer credential."""
+        digest = token_hash(secret)
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(schema.tokens).where(schema.tokens.c.token_hash == digest).with_for_update()
+            ).first()
+            if row is None or row.kind != "pairing" or row.revoked_at is not None:
+                raise SyncError(401, "invalid_token", "That pairing token is not valid.")
+            if row.used_at is not None:
+                raise SyncError(401, "token_used", "That pairing token was already used.")
+            auth = self._terminal_auth(conn, row.terminal_id)
+            conn.execute(
+                update(schema.tokens)
+                .where(schema.tokens.c.token_hash == digest)
+                .values(used_at=now_iso())
+            )
+            credential = "till_" + secrets.token_urlsafe(32)
+            conn.execute(
+                insert(schema.tokens).values(
+                    token_hash=token_hash(credential),
+                    kind="till",
+                    terminal_id=row.terminal_id,
+                    created_at=now_iso(),
+                )
+            )
+        return auth, credential
+
+    def _terminal_auth(self, conn: Connection, terminal_id: str) -> TillAuth:
+        term = conn.execute(
+            select(schema.terminals).where(schema.terminals.c.id == terminal_id)
+        ).one()
+        if term.status != "active":
+            raise SyncError(403, "terminal_revoked", f"Till {terminal_id} has been revoked.")
+        return TillAuth(term.id, term.merchant_id, term.store_id)
+
+    def authenticate(self, credential: str) -> TillAuth:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(schema.tokens).where(schema.tokens.c.token_hash == token_hash(credential))
+            ).first()
+            if row is None or row.kind != "till":
+                raise SyncError(401, "invalid_credentials", "Unknown till credentials.")
+            if row.revoked_at is not None:
+                raise SyncError(403, "terminal_revoked", "These till credentials were revoked.")
+            auth = self._terminal_auth(conn, row.terminal_id)
+            conn.rollback()
+        return auth
+
+    def revoke(self, terminal_id: str) -> bool:
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(schema.terminals)
+                .where(schema.terminals.c.id == terminal_id)
+                .values(status="revoked")
+            ).rowcount
+            conn.execute(
+                update(schema.tokens)
+                .where(schema.tokens.c.terminal_id == terminal_id)
+                .values(revoked_at=now_iso())
+            )
+        return bool(done)
+
+    # -- ingest ----------------------------------------------------------------------------
+    def ingest(self, auth: TillAuth, request: PushRequest) -> PushResponse:
+        if request.protocol != PROTOCOL_VERSION:
+            raise SyncError(426, "protocol_unsupported", f"protocol {request.protocol} unknown")
+        t = auth.terminal_id
+        if request.terminal_id != t or any(ev.terminal_id != t for ev in request.events):
+            raise SyncError(
+                403, "wrong_terminal", f"These credentials may push only till {t}'s events."
+            )
+        evs = request.events
+        for before, after in zip(evs, evs[1:], strict=False):
+            if after.seq != before.seq + 1 or after.prev_hash != before.hash:
+                raise SyncError(
+                    422,
+                    "broken_batch",
+                    f"event seq {after.seq} does not follow seq {before.seq} in the batch.",
+                )
+        for ev in evs:
+            if not ev.hash_ok():
+                raise SyncError(
+                    422,
+                    "bad_hash",
+                    f"event {ev.id} (seq {ev.seq}) does not match its hash or does not decode.",
+                )
+        received = now_iso()
+        m = auth.merchant_id
+        with self.engine.begin() as conn:
+            term = conn.execute(
+                select(schema.terminals).where(schema.terminals.c.id == t).with_for_update()
+            ).one()
+            if term.status != "active":
+                raise SyncError(403, "terminal_revoked", f"Till {t} has been revoked.")
+            epoch, head_seq, head_hash = term.epoch, term.head_seq, bytes(term.head_hash)
+            seqs = [ev.seq for ev in evs]
+            ids = [ev.id for ev in evs]
+            slots: dict[int, list[bytes]] = defaultdict(list)
+            for chunk in _chunks(seqs):
+                for row in conn.execute(
+                    select(schema.chain.c.seq, schema.chain.c.hash).where(
+                        schema.chain.c.terminal_id == t, schema.chain.c.seq.in_(chunk)
+                    )
+                ):
+                    slots[row.seq].append(bytes(row.hash))
+            known: dict[str, Any] = {}
+            for chunk in _chunks(ids):
+                for known_row in conn.execute(
+                    select(schema.events.c.id, schema.events.c.hash, schema.events.c.payload).where(
+                        schema.events.c.merchant_id == m, schema.events.c.id.in_(chunk)
+                    )
+                ):
+                    known[known_row.id] = known_row
+            taken_seqs: set[int] = set()
+            for chunk in _chunks(seqs):
+                taken_seqs.update(
+                    r.seq
+                    for r in conn.execute(
+                        select(schema.events.c.seq).where(
+                            schema.events.c.terminal_id == t, schema.events.c.seq.in_(chunk)
+                        )
+                    )
+                )
+            results: list[EventResult] = []
+            new_chain: list[dict[str, Any]] = []
+            new_events: list[dict[str, Any]] = []
+            conflicts: list[dict[str, Any]] = []
+            superseded_here: dict[str, str] = {}  # expiry id -> own payload, this batch
+
+            def conflict(ev: WireEvent, reason: str, message: str) -> None:
+                conflicts.append(
+                    {
+                        "merchant_id": m,
+                        "terminal_id": t,
+                        "event_id": ev.id,
+                        "seq": ev.seq,
+                        "reason": reason,
+                        "message": message,
+                        "recorded_at": received,
+                    }
+                )
+
+            for ev in evs:
+                digest = bytes.fromhex(ev.hash)
+                if digest in slots.get(ev.seq, ()):
+                    results.append(EventResult(id=ev.id, seq=ev.seq, status=Status.DUPLICATE))
+                    continue
+                prev = bytes.fromhex(ev.prev_hash)
+                if ev.seq > head_seq + 1:
+                    raise SyncError(
+                        409,
+                        "sequence_gap",
+                        f"the server holds till {t}'s chain up to seq {head_seq}; "
+                        f"seq {ev.seq} does not follow it. Resend from seq {head_seq + 1}.",
+                        head=ChainHead(
+                            epoch=epoch, seq=head_seq, hash=head_hash.hex()
+                        ).model_dump(),
+                    )
+                if ev.seq <= head_seq or prev != head_hash:
+                    epoch += 1
+                    conflict(
+                        ev,
+                        "new_epoch",
+                        f"till {t} sent seq {ev.seq} chained differently from what the server "
+                        f"acknowledged (head seq {head_seq}): restored from an older state? "
+                        f"Its chain continues as epoch {epoch}; nothing was overwritten.",
+                    )
+                head_seq, head_hash = ev.seq, digest
+                slot = {
+                    "terminal_id": t,
+                    "epoch": epoch,
+                    "seq": ev.seq,
+                    "merchant_id": m,
+                    "event_id": ev.id,
+                    "prev_hash": prev,
+                    "hash": digest,
+                    "status": "accepted",
+                    "body": None,
+                }
+                prior = known.get(ev.id)
+                if prior is not None:
+                    if bytes(prior.hash) != digest and is_derived_expiry(ev):
+                        slot.update(status="superseded", body=ev.model_dump_json())
+                        superseded_here[ev.id] = ev.payload
+                        results.append(
+                            EventResult(
+                                id=ev.id,
+                                seq=ev.seq,
+                                status=Status.DUPLICATE,
+                                reason="expiry_decided_elsewhere",
+                                message="another till expired this lot first; its amount counts",
+                                winner_payload=prior.payload,
+                            )
+                        )
+                    else:
+                        slot.update(status="conflict", body=ev.model_dump_json())
+                        message = (
+                            f"event id {ev.id} is already stored with different content; "
+                            "refused (the till may have been restored from a backup)."
+                        )
+                        conflict(ev, "id_reused", message)
+                        results.append(
+                            EventResult(
+                                id=ev.id,
+                                seq=ev.seq,
+                                status=Status.CONFLICT,
+                                reason="id_reused",
+                                message=message,
+                            )
+                        )
+                elif self._is_reconciliation(conn, t, ev, superseded_here, known):
+                    slot.update(status="local_only", body=ev.model_dump_json())
+                    results.append(
+                        EventResult(
+                            id=ev.id,
+                            seq=ev.seq,
+                            status=Status.ACCEPTED,
+                            reason="local_only",
+                        )
+                    )
+                elif ev.seq in taken_seqs:
+                    slot.update(status="conflict", body=ev.model_dump_json())
+                    message = (
+                        f"till {t} re-used seq {ev.seq} after a restore; the event is kept "
+                        "in quarantine for an operator and not counted."
+                    )
+                    conflict(ev, "seq_reused_after_restore", message)
+                    results.append(
+                        EventResult(
+                            id=ev.id,
+                            seq=ev.seq,
+                            status=Status.CONFLICT,
+                            reason="seq_reused_after_restore",
+                            message=message,
+                        )
+                    )
+                else:
+                    new_events.append(
+                        {
+                            "merchant_id": m,
+                            "id": ev.id,
+                            "terminal_id": t,
+                            "epoch": epoch,
+                            "seq": ev.seq,
+                            "kind": ev.kind,
+                            "at": ev.at,
+                            "customer_id": ev.customer_id,
+                            "key": ev.key,
+                            "payload": ev.payload,
+                            "prev_hash": prev,
+                            "hash": digest,
+                            "received_at": received,
+                        }
+                    )
+                    known[ev.id] = _Known(ev.id, digest, ev.payload)
+                    results.append(EventResult(id=ev.id, seq=ev.seq, status=Status.ACCEPTED))
+                new_chain.append(slot)
+            if new_chain:
+                last = conn.execute(
+                    update(schema.merchants)
+                    .where(schema.merchants.c.id == m)
+                    .values(last_seq=schema.merchants.c.last_seq + len(new_chain))
+                    .returning(schema.merchants.c.last_seq)
+                ).scalar_one()
+                first = last - len(new_chain) + 1
+                by_id: dict[str, int] = {}
+                for i, slot in enumerate(new_chain):
+                    slot["server_seq"] = first + i
+                    by_id.setdefault(slot["event_id"], first + i)
+                for new in new_events:
+                    new["server_seq"] = by_id[new["id"]]
+                conn.execute(insert(schema.chain), new_chain)
+                if new_events:
+                    conn.execute(insert(schema.events), new_events)
+                    self._fold(conn, m, new_events, received)
+                results = [
+                    r.model_copy(update={"server_seq": by_id.get(r.id)})
+                    if r.status is Status.ACCEPTED and r.reason is None
+                    else r
+                    for r in results
+                ]
+                conn.execute(
+                    update(schema.terminals)
+                    .where(schema.terminals.c.id == t)
+                    .values(epoch=epoch, head_seq=head_seq, head_hash=head_hash)
+                )
+            if conflicts:
+                conn.execute(insert(schema.conflicts), conflicts)
+        return PushResponse(
+            results=results, head=ChainHead(epoch=epoch, seq=head_seq, hash=head_hash.hex())
+        )
+
+    def _is_reconciliation(
+        self,
+        conn: Connection,
+        terminal_id: str,
+        ev: WireEvent,
+        superseded_here: dict[str, str],
+        known: dict[str, Any],
+    ) -> bool:
+        """A local-only event booking a superseded expiry's difference at its till (checked)."""
+        if ev.kind != Kind.ACCOUNT_ADJUSTED.value:
+            return False
+        try:
+            payload = json.loads(ev.payload)
+            expiry_id = payload["d"]["reconciles"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        if not isinstance(expiry_id, str) or ev.id != reconcile_id(expiry_id, terminal_id):
+            return False
+        own = superseded_here.get(expiry_id)
+        if own is None:
+            row = conn.execute(
+                select(schema.chain.c.body).where(
+                    schema.chain.c.terminal_id == terminal_id,
+                    schema.chain.c.event_id == expiry_id,
+                    schema.chain.c.status == "superseded",
+                )
+            ).first()
+            if row is None:
+                return False
+            own = WireEvent.model_validate_json(row.body).payload
+        winner = known.get(expiry_id)
+        if winner is None:
+            winner = conn.execute(
+                select(schema.events.c.payload).where(
+                    schema.events.c.id == expiry_id,
+                    schema.events.c.terminal_id != terminal_id,
+                )
+            ).first()
+        if winner is None:
+            return False
+        wanted = reconcile_postings(own, winner.payload)
+        got = [{k: p[k] for k in ("program", "unit", "delta")} for p in payload["p"]]
+        return bool(got == wanted)
+
+    def _fold(
+        self, conn: Connection, merchant_id: str, rows: list[dict[str, Any]], at: str
+    ) -> None:
+        """Balances: the sum of postings (order-independent); overdrafts flagged."""
+        customers = sorted({r["customer_id"] for r in rows if r["customer_id"]})
+        current: dict[tuple[str, str, str], tuple[int, bool]] = {}
+        b = schema.balances
+        for chunk in _chunks(customers):
+            for row in conn.execute(
+                select(b).where(b.c.merchant_id == merchant_id, b.c.customer_id.in_(chunk))
+            ):
+                current[(row.customer_id, row.program, row.unit)] = (row.balance, row.overdraft)
+        before = dict(current)
+        flagged: list[dict[str, Any]] = []
+        for r in rows:
+            if not r["customer_id"]:
+                continue
+            for p in json.loads(r["payload"])["p"]:
+                key = (r["customer_id"], p["program"], p["unit"])
+                value, flag = current.get(key, (0, False))
+                value += int(p["delta"])
+                if (
+                    value < 0
+                    and int(p["delta"]) < 0
+                    and p["unit"] == "points"
+                    and r["kind"] == Kind.SALE_COMMITTED.value
+                ):
+                    flag = True
+                    flagged.append(
+                        {
+                            "merchant_id": merchant_id,
+                            "customer_id": r["customer_id"],
+                            "program": p["program"],
+                            "event_id": r["id"],
+                            "terminal_id": r["terminal_id"],
+                            "balance_after": value,
+                            "flagged_at": at,
+                        }
+                    )
+                current[key] = (value, flag)
+        inserts = [
+            {
+                "merchant_id": merchant_id,
+                "customer_id": c,
+                "program": p,
+                "unit": u,
+                "balance": v,
+                "overdraft": f,
+            }
+            for (c, p, u), (v, f) in current.items()
+            if (c, p, u) not in before
+        ]
+        updates = [
+            {"m": merchant_id, "c": c, "p": p, "u": u, "v": v, "f": f}
+            for (c, p, u), (v, f) in current.items()
+            if (c, p, u) in before and before[(c, p, u)] != (v, f)
+        ]
+        if inserts:
+            conn.execute(insert(b), inserts)
+        if updates:
+            conn.execute(
+                update(b)
+                .where(
+                    b.c.merchant_id == bp("m"),
+                    b.c.customer_id == bp("c"),
+                    b.c.program == bp("p"),
+                    b.c.unit == bp("u"),
+                )
+                .values(balance=bp("v"), overdraft=bp("f")),
+                updates,
+            )
+        if flagged:
+            conn.execute(insert(schema.overdrafts), flagged)
+
+    # -- reads -----------------------------------------------------------------------------
+    def pull(self, auth: TillAuth, after: str | None, limit: int) -> PullResponse:
+        m = auth.merchant_id
+        position = 0
+        if after:
+            try:
+                merchant, position = parse_cursor(after)
+            except ValueError:
+                raise SyncError(400, "bad_cursor", "That is not a sync cursor.") from None
+            if merchant != m:
+                raise SyncError(403, "foreign_cursor", "That cursor belongs to another merchant.")
+        c = schema.chain
+        with self.engine.connect() as conn:
+            slots = list(
+                conn.execute(
+                    select(c)
+                    .where(c.c.merchant_id == m, c.c.server_seq > position)
+                    .order_by(c.c.server_seq)
+                    .limit(limit)
+                )
+            )
+            wanted = [
+                s.event_id
+                for s in slots
+                if s.terminal_id != auth.terminal_id and s.status == "accepted"
+            ]
+            rows: dict[str, Any] = {}
+            for chunk in _chunks(wanted):
+                for row in conn.execute(
+                    select(schema.events).where(
+                        schema.events.c.merchant_id == m, schema.events.c.id.in_(chunk)
+                    )
+                ):
+                    rows[row.id] = row
+            conn.rollback()
+        events: list[PulledEvent] = []
+        stubs: list[ChainStub] = []
+        for s in slots:
+            if s.terminal_id == auth.terminal_id:
+                continue
+            if s.status == "accepted":
+                events.append(
+                    PulledEvent(server_seq=s.server_seq, event=WireEvent.from_row(rows[s.event_id]))
+                )
+            else:
+                stubs.append(
+                    ChainStub(
+                        terminal_id=s.terminal_id,
+                        seq=s.seq,
+                        id=s.event_id,
+                        prev_hash=bytes(s.prev_hash).hex(),
+                        hash=bytes(s.hash).hex(),
+                    )
+                )
+        end = slots[-1].server_seq if slots else position
+        return PullResponse(
+            events=events, stubs=stubs, cursor=make_cursor(m, end), more=len(slots) == limit
+        )
+
+    def snapshot(self, auth: TillAuth, after: str | None, limit: int) -> SnapshotPage:
+        b = schema.balances
+        with self.engine.connect() as conn:
+            last = conn.execute(
+                select(schema.merchants.c.last_seq).where(schema.merchants.c.id == auth.merchant_id)
+            ).scalar_one()
+            query = select(b).where(b.c.merchant_id == auth.merchant_id)
+            if after:
+                query = query.where(b.c.customer_id > after)
+            customers = [
+                r.customer_id
+                for r in conn.execute(
+                    select(b.c.customer_id)
+                    .distinct()
+                    .where(b.c.merchant_id == auth.merchant_id, b.c.customer_id > (after or ""))
+                    .order_by(b.c.customer_id)
+                    .limit(limit)
+                )
+            ]
+            rows = (
+                list(
+                    conn.execute(
+                        query.where(b.c.customer_id <= customers[-1]).order_by(
+                            b.c.customer_id, b.c.program, b.c.unit
+                        )
+                    )
+                )
+                if customers
+                else []
+            )
+            conn.rollback()
+        return SnapshotPage(
+            cursor=make_cursor(auth.merchant_id, last),
+            balances=[
+                CustomerBalance(
+                    customer_id=r.customer_id,
+                    program=r.program,
+                    unit=r.unit,
+                    balance=r.balance,
+                    overdraft=bool(r.overdraft),
+                )
+                for r in rows
+            ],
+            next_after=customers[-1] if len(customers) == limit else None,
+        )
+
+    def balances(self, merchant_id: str) -> dict[tuple[str, str, str], int]:
+        b = schema.balances
+        with self.engine.connect() as conn:
+            return {
+                (r.customer_id, r.program, r.unit): int(r.balance)
+                for r in conn.execute(select(b).where(b.c.merchant_id == merchant_id))
+            }
+
+    def event_ids(self, merchant_id: str) -> list[str]:
+        with self.engine.connect() as conn:
+            return [
+                r.id
+                for r in conn.execute(
+                    select(schema.events.c.id)
+                    .where(schema.events.c.merchant_id == merchant_id)
+                    .order_by(schema.events.c.server_seq)
+                )
+            ]
+
+    def count(self, table: str) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(schema.metadata.tables[table])
+                ).scalar_one()
+            )
+
+    def conflicts(self, merchant_id: str | None = None) -> list[dict[str, Any]]:
+        c = schema.conflicts
+        query = select(c).order_by(c.c.id)
+        if merchant_id is not None:
+            query = query.where(c.c.merchant_id == merchant_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def overdrafts(self, merchant_id: str | None = None) -> list[dict[str, Any]]:
+        o = schema.overdrafts
+        query = select(o).order_by(o.c.id)
+        if merchant_id is not None:
+            query = query.where(o.c.merchant_id == merchant_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def program_config(self, merchant_id: str) -> tuple[int, str]:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(schema.programs).where(schema.programs.c.merchant_id == merchant_id)
+            ).first()
+        return (0, "") if row is None else (int(row.version), str(row.config))
+
+    def set_program_config(self, merchant_id: str, config: str) -> int:
+        """Store a new program configuration for the merchant; returns its version."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(schema.programs)
+                .where(schema.programs.c.merchant_id == merchant_id)
+                .with_for_update()
+            ).first()
+            if row is None:
+                conn.execute(
+                    insert(schema.programs).values(
+                        merchant_id=merchant_id, version=1, config=config
+                    )
+                )
+                return 1
+            version = int(row.version) + 1
+            conn.execute(
+                update(schema.programs)
+                .where(schema.programs.c.merchant_id == merchant_id)
+                .values(version=version, config=config)
+            )
+            return version
+
+
+@dataclass(frozen=True)
+class _Known:
+    id: str
+    hash: bytes
+    payload: str

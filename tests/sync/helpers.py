@@ -1,0 +1,75 @@
+"""Helpers for sync tests: pair a till, run a round, compare balances."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from pos_loyalty.domain.basket import Basket, BasketLine, Redemption
+from pos_loyalty.ledger import schema
+from pos_loyalty.ledger.replication import Credentials
+from pos_loyalty.service import SaleRequest, Service
+from sync.client import RoundResult, SyncClient, pair
+from sync.server.store import ServerStore
+
+from .conftest import Till
+
+
+def pair_till(
+    store: ServerStore,
+    till: Till,
+    url: str,
+    merchant: str = "m1",
+    store_id: str = "s1",
+    http: httpx.Client | None = None,
+) -> Credentials:
+    token = store.create_pairing_token(till.terminal_id, merchant, store_id)
+    creds = pair(url, token, http=http)
+    till.replica.save_credentials(creds)
+    return creds
+
+
+def sync_round(till: Till, url: str | None = None, http: httpx.Client | None = None) -> RoundResult:
+    creds = till.replica.credentials()
+    assert creds is not None
+    if url is not None:
+        creds = Credentials(
+            url, creds.terminal_id, creds.merchant_id, creds.store_id, creds.credential
+        )
+    client = SyncClient(till.replica, creds, http=http, timeout=5.0)
+    try:
+        return client.round()
+    finally:
+        client.close()
+
+
+def sale(
+    service: Service, card: str, receipt: str, price: int = 1000, redeem: int = 0
+) -> dict[str, Any]:
+    basket = Basket(
+        (BasketLine("item", 1, price, "bakery"),),
+        (),
+        (Redemption("points", redeem),) if redeem else (),
+    )
+    raw = {"card": card, "receipt": receipt, "price": price, "redeem": redeem}
+    return service.commit(SaleRequest(basket, card, receipt, None, raw))
+
+
+def till_balances(till: Till) -> dict[tuple[str, str, str], int]:
+    with till.service.ledger.reader() as tx:
+        return {
+            (r.customer_id, r.program, r.unit): int(r.balance)
+            for r in tx.conn.execute(select(schema.balances))
+            if r.balance != 0
+        }
+
+
+def nonzero(balances: dict[tuple[str, str, str], int]) -> dict[tuple[str, str, str], int]:
+    return {k: v for k, v in balances.items() if v != 0}
+
+
+def event_ids(till: Till) -> set[str]:
+    with till.service.ledger.reader() as tx:
+        return {r.id for r in tx.conn.execute(select(schema.events.c.id))}

@@ -1,0 +1,108 @@
+"""Convergence (invariant 7) as a property: random sales, redemptions and refunds on shared
+customers at three tills with random offline periods; after everyone syncs, every balance is
+equal at every till and on the server, and the server holds exactly the union of events."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pos_loyalty.bootstrap import open_service
+from pos_loyalty.config import load_settings
+from pos_loyalty.domain.errors import DomainError
+from pos_loyalty.ledger.replication import Replica
+from pos_loyalty.ledger.verify import verify
+from pos_loyalty.service import Profile, RefundRequest
+from sync.server.app import create_server_app
+from sync.server.store import ServerStore
+
+from .conftest import Till
+from .helpers import event_ids, nonzero, pair_till, sale, sync_round, till_balances
+
+TILLS = 3
+OPS = st.lists(
+    st.tuples(
+        st.integers(0, TILLS - 1),
+        st.sampled_from(["sale", "redeem", "refund", "sync"]),
+        st.integers(0, 2),
+        st.integers(1, 40),
+    ),
+    max_size=30,
+)
+
+
+def make_tills(root: Path) -> list[Till]:
+    tills = []
+    for i in range(TILLS):
+        base = load_settings(None, data_dir=root / f"t{i}")
+        s = dataclasses.replace(
+            base,
+            terminal_id=f"t{i}",
+            sync=dataclasses.replace(base.sync, enabled=True, server_url="http://testserver"),
+        )
+        svc = open_service(s)
+        tills.append(Till(svc, Replica(svc.ledger), root / f"t{i}"))
+    return tills
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=OPS)
+def test_all_tills_converge(ops: list[tuple[int, str, int, int]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        store = ServerStore(f"sqlite:///{root / 'server.sqlite'}")
+        tills = make_tills(root)
+        with TestClient(create_server_app(store, rate=1e6, burst=10**6)) as http:
+            for till in tills:
+                pair_till(store, till, "http://testserver", http=http)
+            cards = [
+                tills[0].service.enrol(Profile(name=f"c{i}"))["card"]["code"] for i in range(3)
+            ]
+            for till in tills:
+                sync_round(till, http=http)
+            receipts: list[list[str]] = [[] for _ in tills]
+            for n, (t, op, c, amount) in enumerate(ops):
+                till = tills[t]
+                try:
+                    if op == "sync":
+                        sync_round(till, http=http)
+                    elif op == "sale":
+                        sale(till.service, cards[c], f"R{t}-{n}", price=amount * 100)
+                        receipts[t].append(f"R{t}-{n}")
+                    elif op == "redeem":
+                        sale(till.service, cards[c], f"R{t}-{n}", price=500, redeem=amount)
+                        receipts[t].append(f"R{t}-{n}")
+                    elif receipts[t]:
+                        receipt = receipts[t][amount % len(receipts[t])]
+                        till.service.refund(
+                            RefundRequest(f"F{t}-{n}", receipt, None, None, {"n": n})
+                        )
+                except DomainError:
+                    pass  # insufficient points, already refunded...: refused, nothing written
+            for _ in range(2):
+                for till in tills:
+                    sync_round(till, http=http)
+            server = nonzero(store.balances("m1"))
+            union: set[str] = set()
+            for till in tills:
+                assert nonzero(till_balances(till)) == server
+                assert verify(till.service.ledger).ok, verify(till.service.ledger).problems
+                assert till.replica.waiting() == 0
+                union |= event_ids(till)
+            ids = store.event_ids("m1")
+            assert len(ids) == len(set(ids)) and set(ids) == union
+            limit = tills[0].service.settings.offline.points_per_card_per_day
+            for row in store.overdrafts("m1"):
+                assert row["balance_after"] >= -TILLS * limit
+        for till in tills:
+            till.service.ledger.close()
+        store.close()
