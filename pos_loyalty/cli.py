@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pos_loyalty.config import ConfigError, Settings, load_settings
-from pos_loyalty.domain.basket import Basket, BasketLine, Redemption
+from pos_loyalty.domain.basket import Basket, BasketLine, Redemption, WalletPayment
 from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.domain.money import format_minor
 from pos_loyalty.domain.refund import RefundRequestLine
@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--redeem", action="append", default=[], metavar="PROGRAM:POINTS")
     p.add_argument("--code", action="append", default=[], dest="codes", metavar="CODE")
+    p.add_argument("--flag", action="append", default=[], dest="flags", metavar="FLAG")
+    p.add_argument("--wallet", action="append", default=[], metavar="PROGRAM:AMOUNT")
     p.add_argument("--quote", action="store_true", help="only show what would happen")
     p.add_argument("--at")
 
@@ -226,6 +228,8 @@ def dispatch(args: argparse.Namespace, service: Service) -> Any:
             tuple(_line(s) for s in args.line),
             tuple(args.codes),
             tuple(_redeem(s) for s in args.redeem),
+            tuple(args.flags),
+            tuple(WalletPayment(r.program, r.points) for r in map(_redeem, args.wallet)),
         )
         raw = {
             "card": args.card,
@@ -233,6 +237,8 @@ def dispatch(args: argparse.Namespace, service: Service) -> Any:
             "redeem": args.redeem,
             "codes": args.codes,
             "at": args.at,
+            **({"flags": args.flags} if args.flags else {}),
+            **({"wallet": args.wallet} if args.wallet else {}),
         }
         request = SaleRequest(basket, args.card, args.receipt, _at(args.at), raw)
         if args.quote:

@@ -363,7 +363,9 @@ def _units(result: Quote, target: Target) -> list[tuple[int, int]]:
         if target.matches(ln.sku, ln.category) and ln.gift is None
         for _ in range(_paid_units(ln))
     ]
-    units.sort(key=lambda u: (-u[0], u[1]))
+    # ties by SKU and category, not by position: the result must not depend on line order
+    lines = result.lines
+    units.sort(key=lambda u: (-u[0], lines[u[1]].sku, lines[u[1]].category or "", u[1]))
     return units
 
 
@@ -373,19 +375,41 @@ def _buy_x_get_y(p: BuyXGetYProgram, result: Quote) -> dict[int, int]:
     chosen = units[len(units) - groups * p.get :] if groups else []
     if not chosen:
         return {}
-    amount = sum(price for price, _ in chosen) * p.percent_bp // 10000
-    weights: dict[int, int] = {}
+    values: dict[int, int] = {}
     for price, index in chosen:
-        weights[index] = weights.get(index, 0) + price
-    return _capped_split(amount, weights, result)
+        values[index] = values.get(index, 0) + price
+    amount = sum(values.values()) * p.percent_bp // 10000
+    keys = sorted(values)
+    shares = allocate(amount, [values[k] for k in keys])
+    return _pooled(dict(zip(keys, shares, strict=True)), result)
 
 
-def _capped_split(amount: int, weights: Mapping[int, int], result: Quote) -> dict[int, int]:
-    keys = sorted(weights)
-    caps = [min(weights[k], result.lines[k].total) for k in keys]
-    amount = min(amount, sum(caps))
-    shares = allocate(amount, [weights[k] for k in keys], caps)
-    return {k: s for k, s in zip(keys, shares, strict=True) if s}
+def _pooled(values: Mapping[int, int], result: Quote) -> dict[int, int]:
+    """Amounts meant for chosen units, spread over every line holding identical units.
+
+    Units with the same price, SKU and category are interchangeable, so which line a chosen
+    unit came from must not matter (line order): each group's amount is split over all its
+    lines by what is left on them, never beyond it.
+    """
+    groups: dict[tuple[int, str, str], int] = {}
+    for index, amount in values.items():
+        ln = result.lines[index]
+        key = (ln.unit_price, ln.sku, ln.category or "")
+        groups[key] = groups.get(key, 0) + amount
+    out: dict[int, int] = {}
+    for (price, sku, category), amount in groups.items():
+        members = [
+            ln
+            for ln in result.lines
+            if (ln.unit_price, ln.sku, ln.category or "") == (price, sku, category)
+            and ln.gift is None
+        ]
+        weights = [ln.total for ln in members]
+        take = min(amount, sum(weights))
+        for ln, share in zip(members, allocate(take, weights, weights), strict=True):
+            if share:
+                out[ln.index] = out.get(ln.index, 0) + share
+    return out
 
 
 def _best_bundles(
@@ -465,7 +489,9 @@ def _combos(combos: list[ComboProgram], result: Quote) -> dict[str, dict[int, in
         for price, index in units:
             weights[index] = weights.get(index, 0) + price
         value = sum(price for price, _ in units) - combo.price
-        share = _capped_split(value, weights, result)
+        keys = sorted(weights)
+        raw = allocate(value, [weights[k] for k in keys])
+        share = _pooled(dict(zip(keys, raw, strict=True)), result)
         target = out.setdefault(combo.id, {})
         for index, amount in share.items():
             target[index] = target.get(index, 0) + amount

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from textual.app import App
 from textual.binding import Binding
@@ -35,6 +35,9 @@ from pos_loyalty.ui.base import TillScreen
 from pos_loyalty.ui.readers import ReaderFeed
 from pos_loyalty.ui.status import StatusState
 from pos_loyalty.ui.text import plain_error
+
+if TYPE_CHECKING:
+    from pos_loyalty.ui.customer import CustomerScreen
 
 log = logging.getLogger("pos_loyalty.ui")
 
@@ -75,6 +78,7 @@ class TerminalApp(App[None]):
         self.bus = bus or EventBus()
         self.status_interval = status_interval
         self.new_id = new_id or self._new_id
+        self.quote_delay = 0.08  # float ok: seconds of typing pause before a sale is re-quoted
         self.notice = ""  # shown on the scan screen at start (e.g. the demo card codes)
         self.after_start: Callable[[], None] | None = None  # run once the screen is up
         self.ready_at: float | None = None  # monotonic time the scan screen was first drawn
@@ -171,15 +175,29 @@ class TerminalApp(App[None]):
         return view, history
 
     async def open_customer(self, code: str) -> None:
-        from pos_loyalty.ui.customer import CustomerScreen
-
         try:
             view, history = await self.call(self._fetch_customer, code)
         except Exception as exc:
             self.tell_error(exc)
             return
+        screen = self.customer_screen
+        screen.show(view, history)
+        if self.screen is screen:
+            self.call_after_refresh(self.customer_drawn)
+            return
         await self.go_home()
-        await self.push_screen(CustomerScreen(view, history))
+        await self.push_screen(screen)
+
+    @property
+    def customer_screen(self) -> CustomerScreen:
+        """The one customer screen, reused for every customer (it draws without a rebuild)."""
+        from pos_loyalty.ui.customer import CustomerScreen
+
+        if not self.is_screen_installed("customer"):
+            self.install_screen(CustomerScreen(), "customer")
+        screen = self.get_screen("customer")
+        assert isinstance(screen, CustomerScreen)
+        return screen
 
     def customer_drawn(self) -> None:
         self.shown_at = time.monotonic()
@@ -256,6 +274,13 @@ class TerminalApp(App[None]):
             last_sync=sync.last_sync,
             events_waiting=waiting,
         )
+
+    def watch_status_state(self, state: StatusState) -> None:
+        from pos_loyalty.ui.base import StatusBar
+
+        for screen in self.screen_stack:
+            for bar in screen.query(StatusBar):
+                bar.show(state)
 
     # -- actions --------------------------------------------------------------------------
     def action_help(self) -> None:

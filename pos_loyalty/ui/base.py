@@ -6,12 +6,13 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Static
+from textual.widgets import Footer, Input, Static
 
 from pos_loyalty.ui.status import StatusState, status_text
 from pos_loyalty.ui.text import plain_error
@@ -33,13 +34,14 @@ class StatusBar(Static):
     """Online/offline, events waiting, last sync, readers, till and store: always visible."""
 
     def on_mount(self) -> None:
-        self.watch(self.app, "status_state", self._show, init=True)
+        self.show(self.till.status_state)
 
-    def _show(self, state: StatusState) -> None:
-        self.update(Text(status_text(state, max(self.size.width - 2, 20)), no_wrap=True))
+    def show(self, state: StatusState) -> None:
+        width = (self.size.width or self.app.size.width) - 2  # before layout: the screen's
+        self.update(Text(status_text(state, max(width, 20)), no_wrap=True))
 
     def on_resize(self) -> None:
-        self._show(self.till.status_state)
+        self.show(self.till.status_state)
 
     @property
     def till(self) -> TerminalApp:
@@ -57,6 +59,32 @@ class Notice(Static):
 
 class TitleBar(Static):
     pass
+
+
+class TillInput(Input):
+    """An Input that takes Enter in order with the characters around it.
+
+    Textual's own Enter binding runs only after the key has bubbled up to the app, by which
+    time a wedge scanner (or a fast cashier) has typed more characters into the field; they
+    would end up in the submitted value. Here Enter is handled in the field's own queue, and
+    with ``clear_on_submit`` the field is emptied right there, so what follows the Enter
+    starts the next entry.
+    """
+
+    def __init__(self, *args: Any, clear_on_submit: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.clear_on_submit = clear_on_submit
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            value = self.value
+            if self.clear_on_submit:
+                self.value = ""
+            self.post_message(self.Submitted(self, value, None))
+            return
+        await super()._on_key(event)
 
 
 class TillScreen(Screen[Any]):
@@ -80,6 +108,10 @@ class TillScreen(Screen[Any]):
 
     def body(self) -> Iterable[Widget]:
         return ()
+
+    def _on_screen_resume(self) -> None:
+        for bar in self.query(StatusBar):
+            bar.show(self.till.status_state)
 
     def say(self, text: str, *, error: bool = False) -> None:
         self.query_one("#message", Notice).say(text, error=error)

@@ -10,32 +10,28 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
 HELP = """\
-THE LOYALTY TERMINAL: every action is on a key, shown at the bottom.
+THE LOYALTY TERMINAL - every action is on a key, shown at the bottom.
 
-Scan screen
-  Scan a card (barcode, phone QR, stripe) or type its code, then Enter.
-  F2  enrol a new customer        F3  sale without a loyalty card
+SCAN    Scan a card (barcode, phone QR, stripe) or type its code + Enter.
+        F2 enrol a new customer    F3 sale without a loyalty card
 
-Customer
-  Shows stamps (filled = collected), points and their worth, rewards ready now,
-  points expiring soon, what to tell the customer, and the last visits.
-  F4 or Enter  start a sale       F6  refund a past receipt
-  Scanning another card opens that customer.   Esc  done
+CUSTOMER  Stamps (filled = collected), points and their worth, rewards
+        ready now, points expiring soon, what to say, the last visits.
+        F4 or Enter: sale    F6 refund a receipt    Esc done
+        Scanning another card opens that customer.
 
-Sale
-  Type an item and Enter:  3.20  |  coffee 3.20  |  espresso coffee 3.20
-                           2x croissant bakery 2.50   (price last)
-  Tab to Codes (promo / coupon codes) and Points (points to pay with).
-  The total follows what you type.  F8 remove the last item
-  F9 confirm the sale (saved at once, even offline)   Esc cancel
+SALE    Type an item, then Enter (the price always last):
+          3.20    coffee 3.20    espresso coffee 3.20    2x croissant 2.50
+        Tab: promo/coupon codes, then points to pay with.
+        The total follows your typing.   F8 remove last item
+        F9 confirm (saved at once, online or offline)   Esc cancel
 
-Enrol
-  Everything is optional. F9 enrols, then the new card shows as a QR code.
+ENROL   All optional. F9 enrols; the new card shows as a QR code.
 
-Status bar (bottom): ONLINE/OFFLINE, events waiting to sync, last sync,
-card readers (UNPLUGGED when one is off; the keyboard always works), till@store.
+STATUS  ONLINE/OFFLINE, events waiting to sync, last sync, till@store,
+        readers (UNPLUGGED when one is off; the keyboard always works).
 
-Ctrl+Q quits.  Esc or F1 closes this help."""
+Ctrl+Q quits.   Esc or F1 closes this help."""
 
 
 class HelpScreen(ModalScreen[None]):

@@ -13,7 +13,7 @@ from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label
 
 from pos_loyalty.service import Profile
-from pos_loyalty.ui.base import Plain, TillScreen
+from pos_loyalty.ui.base import Plain, TillInput, TillScreen
 from pos_loyalty.ui.text import EntryError
 
 # The same rules as the plugin API's enrolment body.
@@ -40,6 +40,7 @@ def profile_from(name: str, phone: str, email: str, marketing: bool, referral: s
 
 class EnrolScreen(TillScreen):
     TITLE_TEXT = "new customer"
+    AUTO_FOCUS = "#name"
     BINDINGS = [
         Binding("f1", "app.help", "Help"),
         Binding("f9", "save", "Enrol"),
@@ -61,7 +62,7 @@ class EnrolScreen(TillScreen):
         ):
             with Horizontal(classes="field"):
                 yield Label(label)
-                yield Input(placeholder=hint, id=key)
+                yield TillInput(placeholder=hint, id=key)
         yield Checkbox("Agrees to marketing messages (space to tick)", id="marketing")
 
     def on_mount(self) -> None:

@@ -19,6 +19,10 @@ from pos_loyalty.ui.text import balances_lines, first_name, history_text
 SALE = "sale.committed"
 
 
+class ReceiptList(OptionList):
+    BINDINGS = [Binding("enter", "select", "Refund receipt")]
+
+
 class RefundScreen(TillScreen):
     TITLE_TEXT = "refund"
     BINDINGS = [
@@ -37,7 +41,7 @@ class RefundScreen(TillScreen):
             f"Receipts of {first_name(self.view['customer'])}: choose one (arrows, Enter)",
             id="refund-hint",
         )
-        yield OptionList(id="receipts")
+        yield ReceiptList(id="receipts")
 
     def on_mount(self) -> None:
         self.say("Loading the receipts...")

@@ -17,7 +17,7 @@ from pos_loyalty.domain.basket import Basket, BasketLine, Redemption
 from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.domain.money import format_minor
 from pos_loyalty.service import SaleRequest
-from pos_loyalty.ui.base import Plain, TillScreen
+from pos_loyalty.ui.base import Plain, TillInput, TillScreen
 from pos_loyalty.ui.text import (
     EntryError,
     earned_text,
@@ -29,11 +29,10 @@ from pos_loyalty.ui.text import (
     sale_raw,
 )
 
-QUOTE_DELAY = 0.08  # float ok: seconds of typing pause before the quote is refreshed
-
 
 class SaleScreen(TillScreen):
     TITLE_TEXT = "sale"
+    AUTO_FOCUS = "#item"
     BINDINGS = [
         Binding("f1", "app.help", "Help"),
         Binding("enter", "add_line", "Add item"),
@@ -65,14 +64,18 @@ class SaleScreen(TillScreen):
         yield Plain(who, id="who")
         with Horizontal(classes="field"):
             yield Label("Item    ")
-            yield Input(placeholder="e.g. espresso coffee 3.20  or  2x croissant 2.50", id="item")
+            yield TillInput(
+                placeholder="e.g. espresso coffee 3.20  or  2x croissant 2.50",
+                id="item",
+                clear_on_submit=True,
+            )
         with Horizontal(classes="field"):
             yield Label("Codes   ")
-            yield Input(placeholder="promo or coupon codes", id="codes")
+            yield TillInput(placeholder="promo or coupon codes", id="codes")
         if self.view is not None and self._points_program() is not None:
             with Horizontal(classes="field"):
                 yield Label("Points  ")
-                yield Input(placeholder="points to pay with (0)", id="points", restrict=r"\d*")
+                yield TillInput(placeholder="points to pay with (0)", id="points", restrict=r"\d*")
         yield Plain(id="quote")
         yield Plain(id="totals")
 
@@ -110,7 +113,11 @@ class SaleScreen(TillScreen):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        self.action_add_line()
+        if event.input.id != "item":
+            self.query_one("#item", Input).focus()
+            return
+        text = event.value
+        self._add(text)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
@@ -121,20 +128,26 @@ class SaleScreen(TillScreen):
         if self.focused is not item:
             item.focus()
             return
-        if not item.value.strip():
+        text = item.value
+        item.value = ""
+        self._add(text)
+
+    def _add(self, text: str) -> None:
+        """Add the line the cashier typed (``text``, already taken out of the field)."""
+        item = self.query_one("#item", Input)
+        if not text.strip():
             if self.lines:
                 self.say("Press F9 to confirm the sale, or type another item.")
             else:
                 self.say("Type an item and its price, e.g. espresso coffee 3.20", error=True)
             return
         try:
-            line = self._pending()
+            line = parse_line(text, known_categories(self.till.service.programs))
         except EntryError as exc:
+            item.value = text + item.value  # give it back to correct
             self.say(str(exc), error=True)
             return
-        assert line is not None
         self.lines.append(line)
-        item.value = ""
         self.say(f"Added {line.qty} x {line.sku} {format_minor(line.unit_price)}.")
         self._schedule_quote()
 
@@ -153,7 +166,7 @@ class SaleScreen(TillScreen):
     def _schedule_quote(self) -> None:
         if self._timer is not None:
             self._timer.stop()
-        self._timer = self.set_timer(QUOTE_DELAY, self._start_quote)
+        self._timer = self.set_timer(max(self.till.quote_delay, 0.001), self._start_quote)
 
     def _request(self, lines: list[BasketLine], codes: tuple[str, ...], points: int) -> Basket:
         program = self._points_program()

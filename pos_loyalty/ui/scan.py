@@ -9,11 +9,12 @@ from textual.containers import Center
 from textual.widget import Widget
 from textual.widgets import Input
 
-from pos_loyalty.ui.base import Plain, TillScreen
+from pos_loyalty.ui.base import Plain, TillInput, TillScreen
 
 
 class ScanScreen(TillScreen):
     TITLE_TEXT = "scan a card"
+    AUTO_FOCUS = "#scan"
     BINDINGS = [
         Binding("f1", "app.help", "Help"),
         Binding("f2", "enrol", "New customer"),
@@ -27,23 +28,22 @@ class ScanScreen(TillScreen):
             id="prompt-hint",
         )
         with Center():
-            yield Input(placeholder="card code", id="scan", select_on_focus=False)
+            yield TillInput(
+                placeholder="card code", id="scan", select_on_focus=False, clear_on_submit=True
+            )
 
     def on_mount(self) -> None:
         self.query_one("#scan", Input).focus()
-        if self.till.notice:
-            self.say(self.till.notice)
 
     def on_screen_resume(self) -> None:
         scan = self.query_one("#scan", Input)
         scan.value = ""
         scan.focus()
-        self.say("")
+        self.say(self.till.notice)  # e.g. the demo card codes; empty clears the last message
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        text = event.value
-        event.input.value = ""  # never leave what was scanned on the screen
+        text = event.value  # never leave what was scanned on the screen
         if not text.strip():
             self.say("Scan a card, or press F2 to enrol a new customer.")
             return

@@ -42,34 +42,45 @@ class StatusState:
         return replace(self, readers=tuple(readers))
 
 
-def status_parts(state: StatusState) -> list[tuple[int, str]]:
-    """(priority, text) pairs; lower priority numbers stay longest."""
+def status_parts(state: StatusState) -> list[tuple[int, str, str]]:
+    """(priority, text, short text); higher priority numbers are dropped first."""
     if state.online:
-        sync = "ONLINE"
-    elif state.sync_configured:
-        sync = f"OFFLINE ({state.sync_message})" if state.sync_message else "OFFLINE"
+        sync = short_sync = "ONLINE"
     else:
-        sync = "OFFLINE (sync not configured)"
-    parts = [(0, sync)]
+        why = state.sync_message if state.sync_configured else "sync not configured"
+        sync = f"OFFLINE ({why})" if why else "OFFLINE"
+        short_sync = "OFFLINE"
+    parts = [(0, sync, short_sync)]
     if state.events_waiting is not None:
-        parts.append((1, f"{state.events_waiting} waiting"))
-    last = state.last_sync.strftime("%H:%M") if state.last_sync else "never"
-    parts.append((3, f"last sync {last}"))
+        waiting = f"{state.events_waiting} waiting"
+        parts.append((1, waiting, waiting))
     readers = ", ".join(f"{n} {_READER_WORDS.get(s, s)}" for n, s in state.readers)
-    parts.append((2, f"readers: {readers}" if readers else "keyboard only"))
-    parts.append((4, f"{state.terminal_id}@{state.store_id}"))
+    trouble = ", ".join(
+        f"{n} {_READER_WORDS.get(s, s)}" for n, s in state.readers if s != "connected"
+    )
+    parts.append(
+        (2, f"readers: {readers}" if readers else "keyboard only", trouble or "readers ok")
+    )
+    last = state.last_sync.strftime("%H:%M") if state.last_sync else "never"
+    parts.append((3, f"last sync {last}", f"last sync {last}"))
+    parts.append((4, f"{state.terminal_id}@{state.store_id}", state.terminal_id))
     if state.api:
-        parts.append((5, state.api))
-    parts.extend((6, e) for e in state.extra)
+        parts.append((5, state.api, state.api))
+    parts.extend((6, e, e) for e in state.extra)
     return parts
 
 
 def status_text(state: StatusState, width: int = 200) -> str:
-    """The status line, dropping the least important parts until it fits ``width``."""
+    """The status line: the least important parts go first, then the rest gets terse."""
     parts = status_parts(state)
+    short = False
     while True:
-        text = " | ".join(p for _, p in parts)
-        if len(text) <= width or len(parts) <= 1:
-            return text if len(text) <= width else text[: max(width - 1, 0)] + "~"
-        drop = max(range(len(parts)), key=lambda i: parts[i][0])
-        parts.pop(drop)
+        text = " | ".join(p[2] if short else p[1] for p in parts)
+        if len(text) <= width:
+            return text
+        if parts[-1][0] > 2:
+            parts.pop(max(range(len(parts)), key=lambda i: parts[i][0]))
+        elif not short:
+            short = True
+        else:
+            return text[: max(width - 1, 0)] + "~"

@@ -33,7 +33,7 @@ def parse_price(text: str) -> int:
     """``"3.20"``/``"3,20"`` → 320; ``"3"`` → 300; ``"3.5"`` → 350. Never a float."""
     match = _PRICE.match(text.strip())
     if not match:
-        raise EntryError(f"{text!r} is not a price: type it like 3.20")
+        raise EntryError(f"Type the price last, like 3.20 (not {text!r})")
     whole, frac = match.group(1), (match.group(2) or "0").ljust(2, "0")
     return int(whole) * 100 + int(frac)
 

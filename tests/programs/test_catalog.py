@@ -202,15 +202,21 @@ def test_cashback_wallet_earn_pay_refund_payout(shop) -> None:
     first = s.ok(s.sale(card, [ln("a", 5050)]))
     assert first["earned"] == {"points": 50, "cashback": 101}
     assert first["balances"]["cashback"] == {"kind": "wallet", "balance": 101, "payout": False}
-    s.refused(s.quote(card, [ln("a", 500)], wallet=[{"program": "cashback", "amount": 102}]),
-              "insufficient_funds")
-    paid = s.ok(s.sale(card, [ln("a", 500)], at(2), wallet=[{"program": "cashback", "amount": 101}]))
+    s.refused(
+        s.quote(card, [ln("a", 500)], wallet=[{"program": "cashback", "amount": 102}]),
+        "insufficient_funds",
+    )
+    paid = s.ok(
+        s.sale(card, [ln("a", 500)], at(2), wallet=[{"program": "cashback", "amount": 101}])
+    )
     assert paid["total"] == 399 and paid["redeemed"] == {"cashback": 101}
     assert paid["earned"] == {"points": 3, "cashback": 7}  # earned on money paid only
     r = s.c.post("/v1/refunds", json={"refund_id": "F", "receipt_id": "R-2", "full": True})
     assert r.status_code == 200, r.text
     assert r.json()["balances"]["cashback"]["balance"] == 101  # 101 - 101 + 101 + 7 - 7
-    refused = s.c.post(f"/v1/customers/{cid}/wallet/payout", json={"program": "cashback", "amount": 1})
+    refused = s.c.post(
+        f"/v1/customers/{cid}/wallet/payout", json={"program": "cashback", "amount": 1}
+    )
     assert refused.json()["error"]["code"] == "payout_not_allowed"
 
 
@@ -252,7 +258,7 @@ def test_cardholder_exclusives_by_tag_and_window(shop) -> None:
     muffins = [ln("muffin", 290, qty=2), ln("tea", 200)]
     assert s.ok(s.quote(None, muffins))["total"] == 780  # no card, no member price
     assert s.ok(s.quote(card, muffins))["total"] == 700
-    when = (at(1) if False else "2025-01-02T23:59:59+00:00")
+    when = at(1) if False else "2025-01-02T23:59:59+00:00"
     assert s.ok(s.quote(staff, muffins, when))["total"] == 630  # 700 - 10%
     assert s.ok(s.quote(staff, muffins, "2025-01-03T00:00:00+00:00"))["total"] == 700
 
@@ -293,7 +299,12 @@ def test_gift_voucher_green_and_nudges(shop) -> None:
     assert len(short["lines"]) == 1
     met = s.ok(s.quote(card, [ln("a", 2500)]))
     assert met["lines"][-1] == {
-        "sku": "tote-bag", "qty": 1, "unit_price": 0, "discount": 0, "total": 0, "gift": "tote"
+        "sku": "tote-bag",
+        "qty": 1,
+        "unit_price": 0,
+        "discount": 0,
+        "total": 0,
+        "gift": "tote",
     }
     v = s.ok(s.sale(card, [ln("a", 5000)]))
     assert [i.get("code") for i in v["issued"] if i["kind"] == "voucher"] == ["CIN-1"]

@@ -16,11 +16,11 @@ from pos_loyalty.config import embedded_default_text, load_settings
 
 def all_enabled(tmp: Path) -> TestClient:
     text = re.sub(r"\nenabled = false\n", "\n", embedded_default_text())
-    text = text.replace('[sync]\n# Send', '[sync]\nenabled = false\n# Send', 1)
+    text = text.replace("[sync]\n# Send", "[sync]\nenabled = false\n# Send", 1)
     path = tmp / "all.toml"
     path.write_text(text, encoding="utf-8")
     service = open_service(load_settings(path, data_dir=tmp / "data"))
-    assert len(service.programs.programs) == 19  # every example program is on
+    assert len(service.programs.programs) == 17  # every example program is on
     return TestClient(create_app(service))
 
 
@@ -41,7 +41,7 @@ line = st.builds(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     baskets=st.lists(
         st.tuples(
@@ -75,7 +75,9 @@ def test_random_baskets_under_all_programs(tmp_path_factory, baskets) -> None:
         assert quoted["total"] >= 0
         assert all(0 <= x["discount"] <= x["qty"] * x["unit_price"] for x in quoted["lines"])
         promo = sum(
-            d["amount"] for d in quoted["discounts"] if d["program"] not in {"coffee-card", "points"}
+            d["amount"]
+            for d in quoted["discounts"]
+            if d["program"] not in {"coffee-card", "points"}
         )
         assert promo <= quoted["total_before"] * 5000 // 10000  # the cap
         shuffled = list(lines)

@@ -61,8 +61,12 @@ def test_refund_reverses_tier_spend_and_tier_in_every_answer(shop) -> None:
 
 
 def test_rolling_window_with_window_downgrade(shop) -> None:
-    s = shop(TIERS.replace('label = "Tiers"', 'label = "Tiers"\nwindow = "rolling"\n'
-                          'window_days = 30\ndowngrade = "window"'))
+    s = shop(
+        TIERS.replace(
+            'label = "Tiers"',
+            'label = "Tiers"\nwindow = "rolling"\nwindow_days = 30\ndowngrade = "window"',
+        )
+    )
     card = s.enrol()["card"]["code"]
     assert s.ok(s.sale(card, [ln("a", 10000)], at(1)))["tier"] == "silver"
     assert s.scan(card, at(31, -1))["tier"] == "silver"  # last second of the window

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from itertools import count
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual import events
+from textual.keys import _character_to_key
 from textual.pilot import Pilot
 
 from pos_loyalty.bootstrap import ledger_path
@@ -61,16 +64,18 @@ def make_app(till: Service) -> Callable[..., TerminalApp]:
         ids = count(1)
         kwargs.setdefault("bus", EventBus())
         app = TerminalApp(till, new_id=lambda prefix: f"{prefix}-{next(ids):04d}", **kwargs)
+        app.quote_delay = 0.01
         return app
 
     return make
 
 
-async def settle(pilot: Pilot[Any], rounds: int = 3) -> None:
+async def settle(pilot: Pilot[Any], rounds: int = 2) -> None:
     """Let timers fire and workers (ledger calls in threads) finish, then redraw."""
     for _ in range(rounds):
-        await pilot.pause(0.1)
-        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.03)
+        busy = [w for w in pilot.app.workers if w.group != "readers"]  # readers never end
+        await asyncio.gather(*(w.wait() for w in busy), return_exceptions=True)
     await pilot.pause()
 
 
@@ -80,7 +85,15 @@ def screen_text(app: TerminalApp) -> str:
 
 
 async def type_text(pilot: Pilot[Any], text: str) -> None:
-    await pilot.press(*text)
+    """Type ``text`` as a wedge scanner does: keys back to back, then wait once."""
+    app = pilot.app
+    assert app._driver is not None
+    for ch in text:
+        key = ch if ch.isalnum() else _character_to_key(ch)
+        event = events.Key(key, ch)
+        event.set_sender(app)
+        app._driver.send_message(event)
+    await pilot.pause()
 
 
 __all__ = ["FakeSync", "NOW", "QueueFeed", "screen_text", "settle", "type_text"]

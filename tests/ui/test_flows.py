@@ -137,9 +137,7 @@ async def test_pay_with_points_and_refusal_in_plain_words(
     assert balance(till, codes[0], "points") == 50 - 40 + 4
 
 
-async def test_enrol_shows_qr_and_opens_the_customer(
-    make_app: MakeApp, till: Service
-) -> None:
+async def test_enrol_shows_qr_and_opens_the_customer(make_app: MakeApp, till: Service) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("f2")
