@@ -156,6 +156,8 @@ async def reads_and_sales(data_dir: Path, reads: int, sales: int) -> dict[str, A
         await app.go_home()
         await pilot.pause()
         rss = [(0, rss_mb())]
+        t_sales = time.perf_counter()
+        laps: list[tuple[int, float]] = []  # float ok: seconds
         last = app.shown_at
 
         def keys(*presses: str) -> None:
@@ -178,7 +180,9 @@ async def reads_and_sales(data_dir: Path, reads: int, sales: int) -> dict[str, A
         for n in range(1, sales + 1):
             # as a cashier at full speed: scan, F4, two items, F9, Enter
             keys(codes[n % 3], "enter")
-            await until(lambda: isinstance(app.screen, CustomerScreen) and app.shown_at != last)
+            await until(
+                lambda last=last: isinstance(app.screen, CustomerScreen) and app.shown_at != last
+            )
             last = app.shown_at
             keys("f4")
             await until(lambda: isinstance(app.screen, SaleScreen) and app.focused is not None)
@@ -190,8 +194,10 @@ async def reads_and_sales(data_dir: Path, reads: int, sales: int) -> dict[str, A
             await until(lambda: isinstance(app.screen, ScanScreen) and app.screen.query("#scan"))
             if n % max(sales // 10, 1) == 0:
                 rss.append((n, rss_mb()))
+                laps.append((n, time.perf_counter() - t_sales))
         out["sales_s"] = time.perf_counter() - t_sales
         out["rss"] = rss
+        out["laps"] = laps
     service.ledger.close()
     return out
 
@@ -217,7 +223,7 @@ def main() -> int:
         bare = cold_start(_CHILD_BARE, data, args.starts)
         term = cold_start(_CHILD_TERMINAL, data, args.starts)
         ok &= term <= START_TARGET_S
-        print("1. cold start to scan screen ready (median of %d)" % args.starts)
+        print(f"1. cold start to scan screen ready (median of {args.starts})")
         print(f"   baseline bare Textual app: {bare:.3f} s")
         print(
             f"   terminal:                  {term:.3f} s  (+{term - bare:.3f} s)  "
@@ -244,10 +250,12 @@ def main() -> int:
         print(f"3. resident memory, {args.sales} sales in one session ({r['sales_s']:.1f} s)")
         print(f"   baseline app started, no sale: {r['rss_idle']:.1f} MB")
         print("   " + "  ".join(f"{n}:{mb:.1f}" for n, mb in rss) + "  (sales:MB)")
+        print("   " + "  ".join(f"{n}:{s:.0f}" for n, s in r["laps"]) + "  (sales:seconds)")
         print(
             f"   after {args.sales} sales: {final:.1f} MB (+{final - r['rss_idle']:.1f} MB), "
             f"second-half growth {growth:.1f} MB  target <= {RSS_TARGET_MB:.0f} MB and flat "
-            f"(<= {FLAT_TOLERANCE_MB:.0f} MB)  {'OK' if final <= RSS_TARGET_MB and flat else 'MISSED'}"
+            f"(<= {FLAT_TOLERANCE_MB:.0f} MB)  "
+            f"{'OK' if final <= RSS_TARGET_MB and flat else 'MISSED'}"
         )
     return 0 if ok else 1
 

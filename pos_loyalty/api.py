@@ -266,7 +266,7 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
     def customer(
         customer_id: str,
         limit: Annotated[int, Query(ge=1, le=200)] = 20,
-        before: Annotated[int | None, Query(ge=1)] = None,
+        before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
     ) -> dict[str, Any]:
         return service.customer(customer_id, limit=limit, before=before)
 

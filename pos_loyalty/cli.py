@@ -40,6 +40,11 @@ def _at(value: str | None) -> datetime | None:
     return parsed
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also accepts other scripts' digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= 12
+
+
 def _line(spec: str) -> BasketLine:
     """``SKU:CATEGORY:QTY:UNIT_PRICE`` (category may be empty), prices in minor units."""
     parts = spec.split(":")
@@ -48,7 +53,7 @@ def _line(spec: str) -> BasketLine:
             f"--line {spec!r}: expected SKU:CATEGORY:QTY:UNIT_PRICE, e.g. espresso:coffee:1:320"
         )
     sku, category, qty, price = parts
-    if not qty.isdigit() or int(qty) < 1 or not price.isdigit():
+    if not (_digits(qty) and _digits(price)) or not 1 <= int(qty) <= 10_000:
         raise UsageError(
             f"--line {spec!r}: QTY must be a positive integer and UNIT_PRICE an integer >= 0"
         )
@@ -57,7 +62,7 @@ def _line(spec: str) -> BasketLine:
 
 def _redeem(spec: str) -> Redemption:
     program, _, points = spec.partition(":")
-    if not program or not points.isdigit() or int(points) < 1:
+    if not program or not _digits(points) or int(points) < 1:
         raise UsageError(f"--redeem {spec!r}: expected PROGRAM:POINTS, e.g. points:200")
     return Redemption(program, int(points))
 
@@ -252,7 +257,7 @@ def dispatch(args: argparse.Namespace, service: Service) -> Any:
             lines = []
             for spec in args.line:
                 sku, _, qty = spec.partition(":")
-                if not sku or not qty.isdigit() or int(qty) < 1:
+                if not sku or not _digits(qty) or not 1 <= int(qty) <= 10_000:
                     raise UsageError(f"--line {spec!r}: expected SKU:QTY")
                 lines.append(RefundRequestLine(sku, int(qty)))
         raw = {"receipt_id": args.receipt_id, "lines": args.line, "at": args.at}
@@ -266,6 +271,8 @@ def dispatch(args: argparse.Namespace, service: Service) -> Any:
     if cmd == "history":
         if args.limit < 1 or args.limit > 1000:
             raise UsageError("--limit must be between 1 and 1000")
+        if args.before is not None and not 1 <= args.before <= 2**62:
+            raise UsageError("--before must be a history position from `history`")
         return service.customer(args.customer_id, limit=args.limit, before=args.before)
     raise UsageError(f"unknown command {cmd!r}")
 

@@ -23,7 +23,7 @@ from pos_loyalty.domain.basket import Basket
 from pos_loyalty.domain.cardcode import CardCodeError, make_card_code, normalise_card_code
 from pos_loyalty.domain.errors import Conflict, DomainError, NotFound
 from pos_loyalty.domain.events import Event, Kind, Posting, Unit
-from pos_loyalty.domain.ids import derived_id, expiry_event_id, uuid7
+from pos_loyalty.domain.ids import derived_id, expiry_event_id, lot_id, uuid7
 from pos_loyalty.domain.money import format_minor
 from pos_loyalty.domain.programs import (
     CashbackProgram,
@@ -409,6 +409,10 @@ class Service:
     def customer(
         self, customer_id: str, *, limit: int = 20, before: int | None = None
     ) -> dict[str, Any]:
+        if type(limit) is not int or not 1 <= limit <= 1000:
+            raise DomainError("invalid_limit", "`limit` must be a whole number from 1 to 1000.")
+        if before is not None and (type(before) is not int or not 1 <= before <= 2**62):
+            raise DomainError("invalid_before", "`before` must be a position from the history.")
         when = self.now()
         with self.ledger.reader() as tx:
             row = tx.customer(customer_id)
@@ -432,7 +436,20 @@ class Service:
         }
 
     # -- quote and commit -----------------------------------------------------------------
+    @staticmethod
+    def _refuse_payment_data(request: SaleRequest) -> None:
+        """No field of a basket may carry payment-card data: it would be stored or echoed."""
+        texts = [request.receipt_id or "", *request.basket.codes]
+        texts += [line.sku for line in request.basket.lines]
+        texts += [line.category or "" for line in request.basket.lines]
+        if any(carries_payment_card(text) for text in texts):
+            raise DomainError(
+                "payment_card_rejected",
+                "The basket carries payment card data, which is never stored; nothing was done.",
+            )
+
     def quote(self, request: SaleRequest) -> dict[str, Any]:
+        self._refuse_payment_data(request)
         when = self.read_at(request.at)
         with self.ledger.reader() as tx:
             customer_id = None
@@ -459,6 +476,7 @@ class Service:
     def commit(self, request: SaleRequest) -> dict[str, Any]:
         if not request.receipt_id:
             raise DomainError("receipt_id_required", "A commit needs the POS's `receipt_id`.")
+        self._refuse_payment_data(request)
         digest = request_hash(request.raw)
         key = f"sale:{request.receipt_id}"
         with self.ledger.reader() as tx:
@@ -644,6 +662,11 @@ class Service:
                 "receipt_conflict",
                 "This receipt id was already used for a different request; nothing was written.",
             )
+        if not done.response:  # learnt through sync: the answer was given at another till
+            raise Conflict(
+                "receipt_committed_elsewhere",
+                "This receipt was committed at another till; its answer is kept there.",
+            )
         return dict(done.response)
 
     def _expiries(self, state: CustomerState, at: datetime) -> list[Event]:
@@ -746,6 +769,30 @@ class Service:
                 )
             sale = tx.event(sale_receipt.event_id)
             assert sale is not None
+            if when < sale.at:
+                raise DomainError(
+                    "refund_before_sale", "A refund cannot be dated before the sale it refunds."
+                )
+            customer_id = sale.customer_id
+            new_events: list[Event] = []
+            expired: dict[str, int] = {}
+            if customer_id is not None:
+                # Expiries due by now are recorded first, as a commit would; points of this
+                # sale that already expired are not taken back a second time.
+                new_events = self._expiries_to_record(tx, tx.state(customer_id), when)
+                for program in self.programs.points:
+                    gone = tx.event(expiry_event_id(lot_id(sale.id, program.id)))
+                    if gone is None:
+                        gone = next(
+                            (
+                                e
+                                for e in new_events
+                                if e.id == expiry_event_id(lot_id(sale.id, program.id))
+                            ),
+                            None,
+                        )
+                    if gone is not None:
+                        expired[program.id] = -sum(p.delta for p in gone.postings)
             lines = [
                 engine.LineResult.from_json(i, raw) for i, raw in enumerate(sale.data["lines"])
             ]
@@ -759,8 +806,8 @@ class Service:
                 programs=self.programs,
                 at=when,
                 spend=sale.data.get("spend", {}),
+                expired=expired,
             )
-            customer_id = sale.customer_id
             postings = tuple(result.postings) if customer_id is not None else ()
             ev = self._event(
                 Kind.REFUND_COMMITTED,
@@ -776,7 +823,7 @@ class Service:
                     "amount": result.amount,
                 },
             )
-            tx.append([ev])
+            tx.append([*new_events, ev])
             balances = self._balances(tx.state(customer_id), when) if customer_id else {}
             response = {
                 "refund_id": request.refund_id,
@@ -808,8 +855,11 @@ class Service:
             raise DomainError(
                 "unknown_program", f"There is no points or stamps program {program_id!r}."
             )
-        if delta == 0:
-            raise DomainError("invalid_adjustment", "An adjustment must change the balance.")
+        if type(delta) is not int or delta == 0 or abs(delta) > 1_000_000_000:
+            raise DomainError(
+                "invalid_adjustment",
+                "An adjustment must change the balance by a whole number up to 1,000,000,000.",
+            )
         if not reason.strip():
             raise DomainError("reason_required", "An adjustment needs a reason.")
         expires = None

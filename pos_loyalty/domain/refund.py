@@ -99,6 +99,7 @@ def reverse(
     programs: ProgramSet,
     at: datetime,
     spend: Mapping[str, int] | None = None,
+    expired: Mapping[str, int] | None = None,
 ) -> RefundResult:
     """The reversal of ``units`` (per line) given ``already`` refunded units per line.
 
@@ -106,6 +107,9 @@ def reverse(
     earning base), wallet money paid (given back to the wallet) and a tier's qualifying
     ``spend`` (taken off the lot the sale added). Tier marks already reached stay: the
     downgrade policy decides when a tier is re-evaluated.
+
+    ``expired`` holds, per points program, how many of the points this sale earned have
+    already expired: those are gone once and are never taken back a second time.
     """
     after = {line.index: already.get(line.index, 0) + units.get(line.index, 0) for line in lines}
 
@@ -131,8 +135,9 @@ def reverse(
         base_by_line = {line.index: line.earn_base.get(program.id, 0) for line in lines}
         base = sum(base_by_line.values())
         total_earned = earned.get(program.id, 0)
-        taken = scale_floor(total_earned, part(base_by_line, after), base) - scale_floor(
-            total_earned, part(base_by_line, already), base
+        still_earned = total_earned - (expired or {}).get(program.id, 0)
+        taken = min(still_earned, scale_floor(total_earned, part(base_by_line, after), base)) - min(
+            still_earned, scale_floor(total_earned, part(base_by_line, already), base)
         )
         if taken:
             reversed_points[program.id] = taken

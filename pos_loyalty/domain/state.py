@@ -43,7 +43,10 @@ class PointsAccount:
         kept = max(0, min(amount, self.balance + amount))  # repay debt first
         self.balance += amount
         if kept > 0:
-            self.lots[lot] = Lot(lot, at, expires_at, kept)
+            if lot in self.lots:  # a second credit of the same event (welcome + referral)
+                self.lots[lot].remaining += kept
+            else:
+                self.lots[lot] = Lot(lot, at, expires_at, kept)
 
     def debit(self, amount: int, prefer: str | None = None) -> None:
         self.balance -= amount

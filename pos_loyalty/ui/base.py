@@ -109,9 +109,13 @@ class TillScreen(Screen[Any]):
     def body(self) -> Iterable[Widget]:
         return ()
 
-    def _on_screen_resume(self) -> None:
+    def on_screen_resume(self) -> None:
         for bar in self.query(StatusBar):
             bar.show(self.till.status_state)
+        self.resumed()
+
+    def resumed(self) -> None:
+        """The screen is on top again (or for the first time)."""
 
     def say(self, text: str, *, error: bool = False) -> None:
         self.query_one("#message", Notice).say(text, error=error)

@@ -114,7 +114,7 @@ class CustomerScreen(TillScreen):
     def on_mount(self) -> None:
         self._fill()
 
-    def on_screen_resume(self) -> None:
+    def resumed(self) -> None:
         scan = self.query_one("#scan", Input)
         scan.value = ""
         scan.focus()

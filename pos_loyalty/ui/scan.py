@@ -35,7 +35,7 @@ class ScanScreen(TillScreen):
     def on_mount(self) -> None:
         self.query_one("#scan", Input).focus()
 
-    def on_screen_resume(self) -> None:
+    def resumed(self) -> None:
         scan = self.query_one("#scan", Input)
         scan.value = ""
         scan.focus()
