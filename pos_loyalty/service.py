@@ -75,7 +75,7 @@ class RefundRequest:
 
 
 def request_hash(raw: Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical(dict(raw))).hexdigest()
+    return hashlib.sha256(canonical(dict(raw))).hexdigest()[:32]  # 128 bits: an equality check
 
 
 def utc(at: datetime) -> datetime:
@@ -490,10 +490,12 @@ class Service:
                 return self._replay(done, digest)
             customer_id = None
             state = None
+            stored: dict[str, CustomerState] = {}
             new_events: list[Event] = []
             if request.card is not None:
                 _, customer_id = self._card_customer(tx, request.card, for_write=True)
                 state = tx.state(customer_id)
+                stored = {customer_id: state.copy()}
                 new_events.extend(self._expiries_to_record(tx, state, when))
             ctx = self._context(tx, customer_id, request.basket)
             result = engine.quote(request.basket, state, self.programs, when, ctx)
@@ -528,7 +530,7 @@ class Service:
                     new_events.append(
                         self._referrer_event(tx, program, referrer, customer_id, when)
                     )
-            tx.append(new_events)
+            tx.append(new_events, stored)
             if state is not None:
                 state.apply(sale)
             issued = projections.open_coupons(tx.conn, customer_id) if customer_id else []

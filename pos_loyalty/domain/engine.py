@@ -79,19 +79,22 @@ class LineResult:
         return self.gross - self.discount
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "sku": self.sku,
-            "category": self.category,
-            "qty": self.qty,
-            "unit_price": self.unit_price,
-            "discount": self.discount,
-            "free_units": self.free_units,
-            "points_paid": dict(self.points_paid),
-            "earn_base": dict(self.earn_base),
-            "stamps_earned": dict(self.stamps_earned),
-            "stamps_redeemed": dict(self.stamps_redeemed),
-            **({"gift": self.gift} if self.gift else {}),
-        }
+        """Compact: zero amounts, empty maps and a missing category are left out (the ledger
+        keeps every sale line; ``from_json`` restores the defaults)."""
+        out: dict[str, Any] = {"sku": self.sku, "qty": self.qty, "unit_price": self.unit_price}
+        if self.category is not None:
+            out["category"] = self.category
+        if self.discount:
+            out["discount"] = self.discount
+        if self.free_units:
+            out["free_units"] = self.free_units
+        for name in ("points_paid", "earn_base", "stamps_earned", "stamps_redeemed"):
+            values = {k: v for k, v in getattr(self, name).items() if v}
+            if values:
+                out[name] = values
+        if self.gift:
+            out["gift"] = self.gift
+        return out
 
     @staticmethod
     def from_json(index: int, raw: Mapping[str, Any]) -> LineResult:
@@ -101,7 +104,7 @@ class LineResult:
             category=raw.get("category"),
             qty=int(raw["qty"]),
             unit_price=int(raw["unit_price"]),
-            discount=int(raw["discount"]),
+            discount=int(raw.get("discount", 0)),
             free_units=int(raw.get("free_units", 0)),
             points_paid={str(k): int(v) for k, v in raw.get("points_paid", {}).items()},
             earn_base={str(k): int(v) for k, v in raw.get("earn_base", {}).items()},

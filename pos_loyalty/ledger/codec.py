@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from typing import Any
 
 from pos_loyalty.domain.events import Event
@@ -45,3 +46,20 @@ def event_from_row(row: Any) -> Event:
         },
         seq=row.seq,
     )
+
+
+def pack_response(response: dict[str, Any]) -> bytes:
+    """A cached answer as stored: zlib over canonical JSON (an answer is repetitive JSON,
+    about three times smaller compressed; it is read back only when a receipt is retried)."""
+    return zlib.compress(canonical(response), 6)
+
+
+def unpack_response(stored: bytes | str | None) -> dict[str, Any]:
+    """The cached answer, or ``{}`` when there is none (a receipt learnt through sync)."""
+    if not stored:
+        return {}
+    if isinstance(stored, str):  # a plain JSON placeholder ("{}")
+        value = json.loads(stored)
+    else:
+        value = json.loads(zlib.decompress(stored))
+    return value if isinstance(value, dict) else {}

@@ -99,7 +99,7 @@ def store_state(conn: Connection, before: CustomerState, after: CustomerState) -
             )
 
 
-def apply_side_tables(conn: Connection, event: Event, response: str | None = None) -> None:
+def apply_side_tables(conn: Connection, event: Event, response: bytes | None = None) -> None:
     """Customers, cards and receipts rows that follow from ``event``."""
     data = event.data
     _apply_catalog(conn, event)
@@ -133,7 +133,7 @@ def apply_side_tables(conn: Connection, event: Event, response: str | None = Non
                 event_id=event.id,
                 request_hash=data["request_hash"],
                 refunded="{}",
-                response=response or "{}",
+                response=response or b"",
             )
         )
     elif event.kind is Kind.REFUND_COMMITTED:
@@ -155,7 +155,7 @@ def apply_side_tables(conn: Connection, event: Event, response: str | None = Non
                 event_id=event.id,
                 request_hash=data["request_hash"],
                 refunded="{}",
-                response=response or "{}",
+                response=response or b"",
             )
         )
 

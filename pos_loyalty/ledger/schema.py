@@ -98,7 +98,7 @@ receipts = Table(
     Column("event_id", String(36), nullable=False),
     Column("request_hash", String(64), nullable=False),
     Column("refunded", Text, nullable=False),  # JSON {line index: units refunded so far}
-    Column("response", Text, nullable=False),
+    Column("response", LargeBinary, nullable=False),  # codec.pack_response,
 )
 
 # -- sync bookkeeping (migration 0002) --------------------------------------------------------

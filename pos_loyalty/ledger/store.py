@@ -9,7 +9,7 @@ before the caller answers (DESIGN invariant 5).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +22,7 @@ from pos_loyalty.domain.events import Event, Kind
 from pos_loyalty.domain.state import CustomerState
 
 from . import schema
-from .codec import GENESIS, chain_hash, event_from_row, payload_of
+from .codec import GENESIS, chain_hash, event_from_row, pack_response, payload_of, unpack_response
 from .projections import apply_side_tables, load_state, store_state
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -145,7 +145,7 @@ class Tx:
             row.event_id,
             row.request_hash,
             {int(k): int(v) for k, v in json.loads(row.refunded).items()},
-            json.loads(row.response),
+            unpack_response(row.response),
         )
 
     def event(self, event_id: str) -> Event | None:
@@ -202,7 +202,9 @@ class Tx:
         return int(self.conn.execute(select(func.count()).select_from(schema.events)).scalar_one())
 
     # -- writes ---------------------------------------------------------------------------
-    def append(self, events: list[Event]) -> list[Event]:
+    def append(
+        self, events: list[Event], loaded: Mapping[str, CustomerState] | None = None
+    ) -> list[Event]:
         """Append this till's new events: sequence, chain, projections. Returns them with seq."""
         seq, prev = self.head()
         stored: list[Event] = []
@@ -231,8 +233,11 @@ class Tx:
             apply_side_tables(self.conn, ev)
             if ev.customer_id is not None and ev.postings:
                 if ev.customer_id not in states:
-                    loaded = self.state(ev.customer_id)
-                    states[ev.customer_id] = (loaded, loaded.copy())
+                    # ``loaded``: the caller read this customer's stored state in this same
+                    # transaction already (an untouched copy), so it is not read again.
+                    known = (loaded or {}).get(ev.customer_id)
+                    before = known if known is not None else self.state(ev.customer_id)
+                    states[ev.customer_id] = (before, before.copy())
                 states[ev.customer_id][1].apply(ev)
             stored.append(ev)
         for before, after in states.values():
@@ -245,7 +250,7 @@ class Tx:
         self.conn.execute(
             update(schema.receipts)
             .where(schema.receipts.c.key == key)
-            .values(response=json.dumps(response, sort_keys=True))
+            .values(response=pack_response(response))
         )
 
     def _set_head(self, seq: int, digest: bytes) -> None:

@@ -347,8 +347,16 @@ def test_other_refusals() -> None:
     assert _error(basket(CROISSANT, redeem=10), None) == "card_required"
     twice = Basket((CROISSANT,), redeem=(Redemption("points", 1), Redemption("points", 1)))
     assert _error(twice, customer(points=100)) == "duplicate_redemption"
-    zero = Basket((CROISSANT,), redeem=(Redemption("points", 0),))
-    assert _error(zero, customer(points=100)) == "invalid_points"
+    with pytest.raises(DomainError) as refused:  # refused when the request is built
+        Redemption("points", 0)
+    assert refused.value.code == "invalid_points"
+    for bad in (1.5, True, -1, 0):
+        with pytest.raises(DomainError) as refused:
+            BasketLine("a", bad, 100)  # type: ignore[arg-type]
+        assert refused.value.code == "invalid_line"
+        if bad != 0:
+            with pytest.raises(DomainError):
+                BasketLine("a", 1, bad)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- property

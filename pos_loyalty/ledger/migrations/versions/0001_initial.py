@@ -76,7 +76,7 @@ def upgrade() -> None:
         sa.Column("event_id", sa.String(36), nullable=False),
         sa.Column("request_hash", sa.String(64), nullable=False),
         sa.Column("refunded", sa.Text, nullable=False),
-        sa.Column("response", sa.Text, nullable=False),
+        sa.Column("response", sa.LargeBinary, nullable=False),
     )
 
 
