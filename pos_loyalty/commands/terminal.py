@@ -101,17 +101,31 @@ def _setup_logging(settings: Any) -> None:
     root.setLevel(logging.INFO)
 
 
-def sync_provider(settings: Any) -> Any:
-    """The sync status provider: the default says offline and why."""
-    from pos_loyalty.events import NoSync
+class EmbeddedSyncStatus:
+    """The terminal's sync status provider over the embedded sync worker (or its absence)."""
 
-    if settings.sync.enabled:
-        return NoSync("sync service not running in this process")
-    return NoSync()
+    def __init__(self, embedded: Any) -> None:
+        self.embedded = embedded
+
+    def sync_status(self) -> Any:
+        from datetime import datetime
+
+        from pos_loyalty.events import SyncStatus
+
+        raw = self.embedded.status()
+        sync = raw.get("sync", {})
+        last = sync.get("last_success")
+        message = sync.get("last_error") or sync.get("state") or self.embedded.note
+        return SyncStatus(
+            online=bool(raw.get("online")),
+            configured="state" not in sync,
+            last_sync=datetime.fromisoformat(last) if last else None,
+            message=str(message or ""),
+        )
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    from pos_loyalty.bootstrap import open_service
+    from pos_loyalty.bootstrap import open_service, start_embedded_sync
     from pos_loyalty.cli import UsageError
     from pos_loyalty.events import EventBus
     from pos_loyalty.ui import create_terminal_app
@@ -130,7 +144,8 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 
             notice = "Demo cards: " + ", ".join(seed_demo(service))
         bus = EventBus()
-        provider = sync_provider(settings)
+        embedded = start_embedded_sync(service)
+        provider = EmbeddedSyncStatus(embedded)
         api = None
         api_note = "API off"
         if not args.no_api:
@@ -138,7 +153,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
             if sock is None:
                 api_note = f"API off: port {port} busy"
             else:
-                api = EmbeddedApi(service, bus, lambda: provider.sync_status().to_json(), sock)
+                api = EmbeddedApi(service, bus, embedded.status, sock)
                 api_note = f"API :{api.port}"
         app = create_terminal_app(
             service, readers=feed_from_settings(settings), status=provider, bus=bus, api=api_note
@@ -151,6 +166,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         finally:
             if api is not None:
                 api.stop()
+            embedded.stop()
         return int(app.return_code or 0)
     finally:
         service.ledger.close()

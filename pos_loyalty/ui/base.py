@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from pos_loyalty.ui.status import StatusState, status_text
 from pos_loyalty.ui.text import plain_error
@@ -46,6 +46,38 @@ class StatusBar(Static):
     @property
     def till(self) -> TerminalApp:
         return self.app  # type: ignore[return-value]
+
+
+class KeyBar(Static):
+    """The footer: every key of the screen with what it does, on one line.
+
+    Used instead of Textual's ``Footer``, which recomposes its keys on every focus change and
+    keeps a data-binding watcher per key ever shown: over a day of sales on long-lived
+    screens that grows without bound. This is one Static, redrawn in place.
+    """
+
+    def on_mount(self) -> None:
+        self.screen.bindings_updated_signal.subscribe(self, self._changed)
+        self._draw()
+
+    def on_unmount(self) -> None:
+        self.screen.bindings_updated_signal.unsubscribe(self)
+
+    def _changed(self, screen: Screen[Any]) -> None:
+        if self.is_attached and screen is self.screen:
+            self._draw()
+
+    def _draw(self) -> None:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        seen: set[str] = set()
+        for _node, binding, enabled, _tooltip in self.screen.active_bindings.values():
+            if not binding.show or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            key = self.app.get_key_display(binding)
+            text.append(f" {key} ", style="bold reverse" if enabled else "dim reverse")
+            text.append(f" {binding.description}  ")
+        self.update(text)
 
 
 class Notice(Static):
@@ -104,7 +136,7 @@ class TillScreen(Screen[Any]):
             yield from self.body()
         yield Notice(id="message")
         yield StatusBar(id="status")
-        yield Footer()
+        yield KeyBar(id="keys")
 
     def body(self) -> Iterable[Widget]:
         return ()

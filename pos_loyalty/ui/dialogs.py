@@ -7,7 +7,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
+
+from pos_loyalty.ui.base import KeyBar
 
 HELP = """\
 THE LOYALTY TERMINAL - every action is on a key, shown at the bottom.
@@ -43,7 +45,7 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help"):
             yield Static(Text(HELP), id="help-text")
-        yield Footer()
+        yield KeyBar(id="keys")
 
     def action_close(self) -> None:
         self.dismiss(None)
@@ -66,7 +68,7 @@ class ConfirmScreen(ModalScreen[bool]):
         with Vertical(id="confirm"):
             yield Static(Text(self.question, style="bold"))
             yield Static(f"Enter = {self.yes_label}    Esc = No")
-        yield Footer()
+        yield KeyBar(id="keys")
 
     def action_yes(self) -> None:
         self.dismiss(True)

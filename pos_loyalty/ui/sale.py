@@ -58,14 +58,19 @@ class SaleScreen(TillScreen):
         if self.view is None:
             who = "Sale without a loyalty card (nothing is collected)"
         else:
+            programs = self.till.service.programs
             bal = self.view["balances"]
-            pts = [f"{p}: {b['balance']}" for p, b in bal.items()]
+            pts = [
+                f"{getattr(programs.get(p), 'label', p)} {b.get('balance', 0)}"
+                for p, b in bal.items()
+                if b.get("kind") in ("points", "stamps")
+            ]
             who = f"Sale for {first_name(self.view['customer'])}  ({', '.join(pts)})"
         yield Plain(who, id="who")
         with Horizontal(classes="field"):
             yield Label("Item    ")
             yield TillInput(
-                placeholder="e.g. espresso coffee 3.20  or  2x croissant 2.50",
+                placeholder="item and price, Enter adds: espresso coffee 3.20",
                 id="item",
                 clear_on_submit=True,
             )
