@@ -17,9 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pos_loyalty import qr
+from pos_loyalty.asgi import HTTP_ERROR_CODES, BodyLimit, error
 from pos_loyalty.domain.basket import Basket, BasketLine, Redemption, WalletPayment
 from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.domain.refund import RefundRequestLine
@@ -133,45 +133,6 @@ def parse_at(value: str | None) -> datetime | None:
     return parsed
 
 
-def error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, whether announced or streamed."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                await error(
-                    413, "body_too_large", f"Request bodies are limited to {self.limit} bytes."
-                )(scope, receive, send)
-                return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    # An HTTPException passes FastAPI's body parsing untouched and reaches
-                    # the handler below, which answers 413 body_too_large.
-                    raise StarletteHTTPException(
-                        413, f"Request bodies are limited to {self.limit} bytes."
-                    )
-            return message
-
-        await self.app(scope, limited, send)
-
-
 def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     errors = exc.errors()
     first = errors[0] if errors else {}
@@ -208,13 +169,8 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {
-            400: "malformed_json",  # Starlette could not parse the body at all
-            404: "not_found",
-            405: "method_not_allowed",
-            413: "body_too_large",
-        }
-        return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        code = HTTP_ERROR_CODES.get(exc.status_code, "http_error")
+        return error(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(LedgerError)
     async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:

@@ -198,6 +198,11 @@ def balances_lines(programs: ProgramSet, balances: Mapping[str, Any]) -> list[st
         bal = int(b.get("balance", 0))
         worth = format_minor(int(b.get("value", 0)))
         out.append(f"{pts.label}: {bal} (worth {worth})")
+    for program_id, b in balances.items():
+        if b.get("kind") == "wallet":
+            label = getattr(programs.get(program_id), "label", program_id)
+            spend = "can be paid out" if b.get("payout") else "to spend here"
+            out.append(f"{label}: {format_minor(int(b.get('balance', 0)))} in the wallet ({spend})")
     return out
 
 

@@ -17,8 +17,9 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
+from pos_loyalty.asgi import HTTP_ERROR_CODES, BodyLimit, error
 from sync.protocol import (
     MAX_PAGE,
     PROTOCOL_VERSION,
@@ -36,50 +37,6 @@ from .store import ServerStore, SyncError, TillAuth
 log = logging.getLogger("sync.server")
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
-
-
-def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
-
-
-class BodyLimit:
-    """Refuse bodies over ``limit`` bytes (declared or streamed) with 413, before parsing."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await error(413, "body_too_large", f"Bodies are limited to {self.limit} bytes.")(
-                    scope, receive, send
-                )
-                return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await error(413, "body_too_large", f"Bodies are limited to {self.limit} bytes.")(
-                scope, receive, send
-            )
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class RateLimiter:
@@ -127,7 +84,7 @@ def create_server_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        codes = {**HTTP_ERROR_CODES, 400: "malformed_request"}
         return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
     @app.exception_handler(Exception)
@@ -186,4 +143,4 @@ def create_server_app(
         version, text = store.program_config(auth.merchant_id)
         return ProgramConfig(version=version, config=text)
 
-    return BodyLimit(app, max_body_bytes)
+    return BodyLimit(app, max_body_bytes)  # shared with the plugin API

@@ -60,3 +60,13 @@ def test_status_line_drops_the_least_important_first() -> None:
     narrow = status_text(state, 78)
     assert len(narrow) <= 78
     assert "OFFLINE" in narrow and "counter UNPLUGGED" in narrow and "12 waiting" in narrow
+
+
+def test_wallet_balances_are_shown_with_what_they_allow() -> None:
+    from pos_loyalty.domain.programs import ProgramSet
+    from pos_loyalty.ui.text import balances_lines
+
+    lines = balances_lines(
+        ProgramSet("EUR", ()), {"cashback": {"kind": "wallet", "balance": 101, "payout": False}}
+    )
+    assert lines == ["cashback: 1.01 in the wallet (to spend here)"]
