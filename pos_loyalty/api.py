@@ -9,6 +9,7 @@ route, not the path (a path can hold what a cashier scanned).
 from __future__ import annotations
 
 import logging
+import sqlite3
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pos_loyalty import qr
@@ -171,6 +173,13 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_ERROR_CODES.get(exc.status_code, "http_error")
         return error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(sqlite3.OperationalError)
+    @app.exception_handler(SQLAlchemyOperationalError)
+    async def _busy(_: Request, exc: Exception) -> JSONResponse:
+        # e.g. "database is locked": another writer held the ledger past the busy timeout.
+        log.warning("ledger busy: %s", type(exc).__name__)
+        return error(503, "ledger_busy", "The till's ledger is busy; try again in a moment.")
 
     @app.exception_handler(LedgerError)
     async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:

@@ -39,7 +39,7 @@ from pos_loyalty.domain.programs import (
 from pos_loyalty.domain.state import CustomerState
 from pos_loyalty.ledger import projections
 from pos_loyalty.ledger.codec import canonical
-from pos_loyalty.ledger.store import Ledger, Tx
+from pos_loyalty.ledger.store import CardRow, Ledger, Tx
 
 EXPIRING_SOON_DAYS = 30
 
@@ -199,6 +199,10 @@ class Service:
             raise NotFound("unknown_card", f"No loyalty card has that code: {exc}") from None
 
     def _card_customer(self, tx: Tx, scanned: str, *, for_write: bool) -> tuple[str, str]:
+        code, row = self._card_row(tx, scanned, for_write=for_write)
+        return code, row.customer_id
+
+    def _card_row(self, tx: Tx, scanned: str, *, for_write: bool) -> tuple[str, CardRow]:
         code = self.normalise_scan(scanned)
         row = tx.card(code)
         if row is None:
@@ -207,7 +211,7 @@ class Service:
             raise DomainError(
                 "card_blocked", f"The card {code} is blocked: {row.reason or 'no reason given'}."
             )
-        return code, row.customer_id
+        return code, row
 
     def _new_card_code(self, tx: Tx) -> str:
         # Serials below 10**11 start with 0: typed without the prefix, the 13 digits (which
@@ -392,8 +396,8 @@ class Service:
     def lookup(self, scanned: str, at: datetime | None = None) -> dict[str, Any]:
         when = self.read_at(at)
         with self.ledger.reader() as tx:
-            code, customer_id = self._card_customer(tx, scanned, for_write=False)
-            card = tx.card(code)
+            code, card = self._card_row(tx, scanned, for_write=False)
+            customer_id = card.customer_id
             customer = tx.customer(customer_id)
             state = tx.state(customer_id)
             issued = projections.open_coupons(tx.conn, customer_id)
@@ -439,9 +443,9 @@ class Service:
     @staticmethod
     def _refuse_payment_data(request: SaleRequest) -> None:
         """No field of a basket may carry payment-card data: it would be stored or echoed."""
-        texts = [request.receipt_id or "", *request.basket.codes]
-        texts += [line.sku for line in request.basket.lines]
-        texts += [line.category or "" for line in request.basket.lines]
+        texts = {request.receipt_id or "", *request.basket.codes}
+        texts.update(line.sku for line in request.basket.lines)
+        texts.update(line.category or "" for line in request.basket.lines)
         if any(carries_payment_card(text) for text in texts):
             raise DomainError(
                 "payment_card_rejected",
@@ -970,15 +974,21 @@ class Service:
             account = state.points.get(program.id)
             if account is None:
                 continue
-            for lot in sorted(account.lots.values(), key=lambda lot: lot.sort_key()):
-                if lot.expires_at is not None and at < lot.expires_at <= horizon:
-                    out.append(
-                        {
-                            "program": program.id,
-                            "points": lot.remaining,
-                            "expires_at": lot.expires_at.isoformat(),
-                        }
-                    )
+            # Filtered before sorting (the same order: a filter keeps the sorted order).
+            soon = [
+                lot
+                for lot in account.lots.values()
+                if lot.expires_at is not None and at < lot.expires_at <= horizon
+            ]
+            for lot in sorted(soon, key=lambda lot: lot.sort_key()):
+                assert lot.expires_at is not None
+                out.append(
+                    {
+                        "program": program.id,
+                        "points": lot.remaining,
+                        "expires_at": lot.expires_at.isoformat(),
+                    }
+                )
         return out
 
 

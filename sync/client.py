@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from pos_loyalty.ledger.replication import (
+    FLAGGED_REASONS,
     Answer,
     Applied,
     Credentials,
@@ -200,6 +201,8 @@ class SyncClient:
             self.replica.record_answers(sent, answers, answer.head.epoch)
             result.pushed += len(sent)
             for a in answers:
+                if a.reason in FLAGGED_REASONS:
+                    result.conflicts += 1  # kept and counted, but flagged for an operator
                 if a.status == "accepted":
                     result.accepted += 1
                 elif a.status == "duplicate":

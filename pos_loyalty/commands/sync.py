@@ -96,10 +96,16 @@ def _server(args: argparse.Namespace, settings: Any) -> int:
                 print(f"no {args.server_command}")
             for r in rows:
                 if args.server_command == "conflicts":
+                    other = (
+                        f" (first: event {r['other_event_id']} at {r['other_terminal_id']})"
+                        if r.get("other_event_id")
+                        else ""
+                    )
+                    customer = f" customer {r['customer_id']}" if r.get("customer_id") else ""
                     print(
                         f"#{r['id']} {r['recorded_at'][:19]} {r['merchant_id']}/"
-                        f"{r['terminal_id']} seq {r['seq']} event {r['event_id']}: "
-                        f"{r['reason']}: {r['message']}"
+                        f"{r['terminal_id']} seq {r['seq']} event {r['event_id']}{customer}"
+                        f"{other}: {r['reason']}: {r['message']}"
                     )
                 else:
                     print(

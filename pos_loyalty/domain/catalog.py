@@ -154,7 +154,14 @@ def _check_promo(
     if promo is None:
         raise _reject("unknown_code", f"The code {code!r} is not known to any program.")
     _common_checks(promo, code, basket, at, ctx)
-    qty = sum(ln.qty for ln in basket.lines if promo.target.matches(ln.sku, ln.category))
+    target = promo.target
+    qty = sum(
+        ln.qty
+        for ln in basket.lines
+        if (not target.categories and not target.skus)
+        or ln.sku in target.skus
+        or (ln.category is not None and ln.category in target.categories)
+    )
     if qty < promo.min_qty:
         raise _reject(
             "minimum_not_met",
@@ -271,7 +278,9 @@ def work_out_tier(
     if program is None or state is None:
         return None
     before = spend_of(program, state, at)
-    sale = sum(ln.total for ln in result.lines if _tier_eligible(program, ln))
+    sale = sum(
+        ln.qty * ln.unit_price - ln.discount for ln in result.lines if _tier_eligible(program, ln)
+    )
     held = _held_level(program, state, at)
     status = TierStatus(program, max(program.level_for(before + sale), held), before, sale, held)
     result.tier = status.level.name
@@ -288,8 +297,9 @@ def record_spend(
     spend = 0
     for line in result.lines:
         if _tier_eligible(program, line):
-            line.earn_base[program.id] = line.total
-            spend += line.total
+            total = line.qty * line.unit_price - line.discount
+            line.earn_base[program.id] = total
+            spend += total
     if spend:
         expires = at + timedelta(days=program.window_days) if program.window_days else None
         result.spend[program.id] = spend
@@ -307,24 +317,34 @@ def record_spend(
 # --------------------------------------------------------------------------- promotions
 
 
-def _add(result: Quote, program_id: str, index: int, amount: int, label: str) -> None:
-    from .engine import Discount
-
-    line = result.lines[index]
-    line.discount += amount
-    result.discounts.append(Discount(program_id, index, amount, label))
+def _matching(target: Target, lines: list[LineResult]) -> list[LineResult]:
+    """The lines ``target`` matches, in order (``Target.matches`` inlined)."""
+    categories = target.categories
+    skus = target.skus
+    if not categories and not skus:
+        return list(lines)
+    return [
+        ln
+        for ln in lines
+        if ln.sku in skus or (ln.category is not None and ln.category in categories)
+    ]
 
 
 def _spread(total: int, lines: list[LineResult]) -> dict[int, int]:
     """``total`` over ``lines`` in proportion to what is left on each, never beyond it."""
-    weights = [ln.total for ln in lines]
+    weights = [ln.qty * ln.unit_price - ln.discount for ln in lines]
     total = min(total, sum(weights))
     shares = allocate(total, weights, weights)
     return {ln.index: s for ln, s in zip(lines, shares, strict=True) if s}
 
 
 def _percent_off(bp: int, lines: list[LineResult]) -> dict[int, int]:
-    return _spread(sum(ln.total for ln in lines) * bp // 10000, lines)
+    return _spread(sum(ln.qty * ln.unit_price - ln.discount for ln in lines) * bp // 10000, lines)
+
+
+def _open(lines: list[LineResult]) -> list[LineResult]:
+    """The lines with something left to pay (``total > 0``)."""
+    return [ln for ln in lines if ln.qty * ln.unit_price - ln.discount > 0]
 
 
 def _paid_units(line: LineResult) -> int:
@@ -344,7 +364,7 @@ def _member_offer(
         return {}
     if p.tags and not (p.tags & ctx.tags):
         return {}
-    lines = [ln for ln in result.lines if p.target.matches(ln.sku, ln.category) and ln.total > 0]
+    lines = _open(_matching(p.target, result.lines))
     if p.price is None:
         return _percent_off(p.percent_bp, lines)
     out = {}
@@ -357,15 +377,15 @@ def _member_offer(
 
 def _units(result: Quote, target: Target) -> list[tuple[int, int]]:
     """(unit price, line index) for every matching unit not already free, dearest first."""
-    units = [
-        (ln.unit_price, ln.index)
-        for ln in result.lines
-        if target.matches(ln.sku, ln.category) and ln.gift is None
-        for _ in range(_paid_units(ln))
-    ]
-    # ties by SKU and category, not by position: the result must not depend on line order
-    lines = result.lines
-    units.sort(key=lambda u: (-u[0], lines[u[1]].sku, lines[u[1]].category or "", u[1]))
+    # ties by SKU and category, not by position: the result must not depend on line order.
+    # Every unit of a line has the same sort key, so the lines are sorted once and expanded.
+    lines = [ln for ln in _matching(target, result.lines) if ln.gift is None]
+    lines.sort(key=lambda ln: (-ln.unit_price, ln.sku, ln.category or "", ln.index))
+    units: list[tuple[int, int]] = []
+    for ln in lines:
+        paid = ln.qty - ln.free_units
+        if paid > 0:
+            units.extend([(ln.unit_price, ln.index)] * paid)
     return units
 
 
@@ -384,27 +404,39 @@ def _buy_x_get_y(p: BuyXGetYProgram, result: Quote) -> dict[int, int]:
     return _pooled(dict(zip(keys, shares, strict=True)), result)
 
 
-def _pooled(values: Mapping[int, int], result: Quote) -> dict[int, int]:
+_Pools = dict[tuple[int, str, str], list["LineResult"]]
+
+
+def _pools(result: Quote) -> _Pools:
+    """Lines holding identical units (same price, SKU and category), gifts left out."""
+    pools: _Pools = {}
+    for ln in result.lines:
+        if ln.gift is None:
+            pools.setdefault((ln.unit_price, ln.sku, ln.category or ""), []).append(ln)
+    return pools
+
+
+def _pooled(
+    values: Mapping[int, int], result: Quote, pools: _Pools | None = None
+) -> dict[int, int]:
     """Amounts meant for chosen units, spread over every line holding identical units.
 
     Units with the same price, SKU and category are interchangeable, so which line a chosen
     unit came from must not matter (line order): each group's amount is split over all its
-    lines by what is left on them, never beyond it.
+    lines by what is left on them, never beyond it. ``pools`` is ``_pools(result)`` when the
+    caller has it already.
     """
+    if pools is None:
+        pools = _pools(result)
     groups: dict[tuple[int, str, str], int] = {}
     for index, amount in values.items():
         ln = result.lines[index]
         key = (ln.unit_price, ln.sku, ln.category or "")
         groups[key] = groups.get(key, 0) + amount
     out: dict[int, int] = {}
-    for (price, sku, category), amount in groups.items():
-        members = [
-            ln
-            for ln in result.lines
-            if (ln.unit_price, ln.sku, ln.category or "") == (price, sku, category)
-            and ln.gift is None
-        ]
-        weights = [ln.total for ln in members]
+    for key, amount in groups.items():
+        members = pools.get(key, [])
+        weights = [ln.qty * ln.unit_price - ln.discount for ln in members]
         take = min(amount, sum(weights))
         for ln, share in zip(members, allocate(take, weights, weights), strict=True):
             if share:
@@ -422,19 +454,34 @@ def _best_bundles(
     first) and keeps the best total, within ``COMBO_SEARCH_NODES`` tries.
     """
     all_units = _units(result, Target())
+    lines = result.lines
     budget = [COMBO_SEARCH_NODES]
     best: tuple[int, list[tuple[ComboProgram, list[tuple[int, int]]]]] = (0, [])
-
-    def take(combo: ComboProgram, used: list[bool]) -> list[int] | None:
-        picked: list[int] = []
+    # per combo, per component: the positions in ``all_units`` it matches, in order
+    candidates: list[list[list[int]]] = []
+    for combo in combos:
+        per_component = []
         for component in combo.components:
+            categories = component.categories
+            skus = component.skus
+            everything = not categories and not skus
+            positions = []
             for pos, (_, index) in enumerate(all_units):
-                line = result.lines[index]
+                line = lines[index]
                 if (
-                    not used[pos]
-                    and pos not in picked
-                    and component.matches(line.sku, line.category)
+                    everything
+                    or line.sku in skus
+                    or (line.category is not None and line.category in categories)
                 ):
+                    positions.append(pos)
+            per_component.append(positions)
+        candidates.append(per_component)
+
+    def take(k: int, used: list[bool]) -> list[int] | None:
+        picked: list[int] = []
+        for positions in candidates[k]:
+            for pos in positions:
+                if not used[pos] and pos not in picked:
                     picked.append(pos)
                     break
             else:
@@ -450,30 +497,29 @@ def _best_bundles(
             return
         combo = combos[k]
         added: list[list[int]] = []
+        entries: list[tuple[ComboProgram, list[tuple[int, int]]]] = []
+        values: list[int] = []
         local = used[:]
-        gain = 0
         while True:
-            picked = take(combo, local)
+            picked = take(k, local)
             if picked is None:
                 break
-            value = sum(all_units[pos][0] for pos in picked) - combo.price
+            units = [all_units[pos] for pos in picked]
+            value = sum(unit[0] for unit in units) - combo.price
             if value <= 0:
                 break
             for pos in picked:
                 local[pos] = True
             added.append(picked)
-            gain += value
+            entries.append((combo, units))
+            values.append(value)
         # most instances first, then fewer
         for n in range(len(added), -1, -1):
             mark = used[:]
-            extra = []
-            value = 0
             for picked in added[:n]:
                 for pos in picked:
                     mark[pos] = True
-                extra.append((combo, [all_units[pos] for pos in picked]))
-                value += sum(all_units[pos][0] for pos in picked) - combo.price
-            search(k + 1, mark, saving + value, chosen + extra)
+            search(k + 1, mark, saving + sum(values[:n]), chosen + entries[:n])
             if budget[0] <= 0:
                 return
 
@@ -484,6 +530,7 @@ def _best_bundles(
 def _combos(combos: list[ComboProgram], result: Quote) -> dict[str, dict[int, int]]:
     saving, instances = _best_bundles(combos, result)
     out: dict[str, dict[int, int]] = {}
+    pools = _pools(result)
     for combo, units in instances:
         weights: dict[int, int] = {}
         for price, index in units:
@@ -491,7 +538,7 @@ def _combos(combos: list[ComboProgram], result: Quote) -> dict[str, dict[int, in
         value = sum(price for price, _ in units) - combo.price
         keys = sorted(weights)
         raw = allocate(value, [weights[k] for k in keys])
-        share = _pooled(dict(zip(keys, raw, strict=True)), result)
+        share = _pooled(dict(zip(keys, raw, strict=True)), result, pools)
         target = out.setdefault(combo.id, {})
         for index, amount in share.items():
             target[index] = target.get(index, 0) + amount
@@ -528,20 +575,16 @@ def _wanted(
     if isinstance(program, TierProgram):
         if tier is None or not tier.level.percent_off_bp:
             return {}
-        lines = [ln for ln in result.lines if _tier_eligible(program, ln) and ln.total > 0]
+        lines = [ln for ln in _open(result.lines) if _tier_eligible(program, ln)]
         return _percent_off(tier.level.percent_off_bp, lines)
     if isinstance(program, NextVisitProgram):
         if state is None or state.lots_of(program.id, Unit.OFFER).spendable(at) <= 0:
             return {}
-        return _percent_off(program.percent_bp, [ln for ln in result.lines if ln.total > 0])
+        return _percent_off(program.percent_bp, _open(result.lines))
     if isinstance(program, PromoCodeProgram | CouponProgram):
         if not any(c.program is program for c in codes):
             return {}
-        lines = [
-            ln
-            for ln in result.lines
-            if program.target.matches(ln.sku, ln.category) and ln.total > 0
-        ]
+        lines = _open(_matching(program.target, result.lines))
         if program.percent_bp:
             return _percent_off(program.percent_bp, lines)
         return _spread(program.amount, lines)
@@ -549,9 +592,9 @@ def _wanted(
         if program.flag not in basket.flags:
             return {}
         out = {}
-        for ln in result.lines:
-            if program.target.matches(ln.sku, ln.category) and ln.gift is None:
-                off = min(program.amount * _paid_units(ln), ln.total)
+        for ln in _matching(program.target, result.lines):
+            if ln.gift is None:
+                off = min(program.amount * (ln.qty - ln.free_units), ln.total)
                 if off:
                     out[ln.index] = off
         return out
@@ -596,6 +639,10 @@ def apply_promotions(
         ),
         key=lambda entry: (entry[0], entry[1]),
     )
+    from .engine import Discount
+
+    lines = result.lines
+    discounts = result.discounts
     applied_any = False
     plans: dict[str, dict[int, int]] = {}
     combos = programs.of(ComboProgram)
@@ -605,7 +652,7 @@ def apply_promotions(
         if program.scope.exclusive and applied_any:
             continue
         wanted = _wanted(program, basket, state, at, ctx, codes, tier, result, plans, combos)
-        wanted = {i: min(a, result.lines[i].total) for i, a in wanted.items() if a > 0}
+        wanted = {i: min(a, lines[i].total) for i, a in wanted.items() if a > 0}
         total = sum(wanted.values())
         if total <= 0:
             continue
@@ -618,8 +665,10 @@ def apply_promotions(
             wanted = dict(zip(keys, allocate(take, amounts, amounts), strict=True))
         label = _label(program, tier)
         for index in sorted(wanted):
-            if wanted[index]:
-                _add(result, program.id, index, wanted[index], label)
+            amount = wanted[index]
+            if amount:
+                lines[index].discount += amount
+                discounts.append(Discount(program.id, index, amount, label))
         budget -= take
         applied_any = True
         _note_use(program, codes, state, result)
@@ -675,7 +724,7 @@ def _spent(programs: ProgramSet, result: Quote) -> int:
     value = {p.id: p.point_value for p in programs.points}
     total = 0
     for ln in result.lines:
-        total += ln.total
+        total += ln.qty * ln.unit_price - ln.discount
         for program, n in ln.points_paid.items():
             total += n * value.get(program, 1)
     return total
@@ -687,11 +736,7 @@ def _gifts(programs: ProgramSet, at: datetime, ctx: Context, amount: int, result
     for gift in programs.of(GiftProgram):
         if not gift.scope.active(at, ctx.store_id):
             continue
-        qty = sum(
-            ln.qty
-            for ln in result.lines
-            if ln.gift is None and gift.target.matches(ln.sku, ln.category)
-        )
+        qty = sum(ln.qty for ln in _matching(gift.target, result.lines) if ln.gift is None)
         if amount < gift.min_amount or qty < gift.min_qty:
             _gift_nudge(programs, gift, amount, result)
             continue
@@ -745,8 +790,9 @@ def earn_catalog(
         for ln in result.lines:
             if ln.category is not None and ln.category in wallet.excluded_categories:
                 continue
-            ln.earn_base[wallet.id] = ln.total
-            base += ln.total
+            total = ln.qty * ln.unit_price - ln.discount
+            ln.earn_base[wallet.id] = total
+            base += total
         earned = base * wallet.percent_bp // 10000
         if earned > 0:
             result.earned[wallet.id] = earned

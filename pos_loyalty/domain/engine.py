@@ -47,7 +47,7 @@ from .state import CustomerState
 Context = catalog.Context
 
 
-@dataclass
+@dataclass(slots=True)
 class LineResult:
     """What the quote does to one basket line.
 
@@ -308,8 +308,9 @@ def _earn_points(
     for line in result.lines:
         if line.category is not None and line.category in program.excluded_categories:
             continue
-        line.earn_base[program.id] = line.total
-        base += line.total
+        total = line.qty * line.unit_price - line.discount
+        line.earn_base[program.id] = total
+        base += total
     earned = base * program.points_per_unit * multiplier_percent // (program.unit * 100)
     if earned <= 0:
         return

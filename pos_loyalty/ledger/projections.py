@@ -7,11 +7,12 @@ incremental path (in the append transaction) and by the rebuild (into a scratch 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from pos_loyalty.domain.events import LOT_UNITS, Event, Kind, Unit
 from pos_loyalty.domain.state import CustomerState, Lot, PointsAccount
@@ -19,33 +20,70 @@ from pos_loyalty.domain.state import CustomerState, Lot, PointsAccount
 from . import schema
 
 
+def raw_connection(conn: Connection) -> sqlite3.Connection:
+    """The DB-API (``sqlite3``) connection under ``conn``, in the same transaction.
+
+    The hot reads and writes (look-up, quote, commit) run on it with plain SQL: SQLAlchemy's
+    per-statement work costs several times what SQLite spends on these by-key statements.
+    """
+    return cast(sqlite3.Connection, conn.connection.driver_connection)
+
+
+_BALANCES = "SELECT program, unit, balance FROM balances WHERE customer_id = ?"
+_LOTS = "SELECT lot_id, program, earned_at, expires_at, remaining FROM lots WHERE customer_id = ?"
+_INSERT_BALANCE = "INSERT INTO balances (customer_id, program, unit, balance) VALUES (?, ?, ?, ?)"
+_UPDATE_BALANCE = (
+    "UPDATE balances SET balance = ? WHERE customer_id = ? AND program = ? AND unit = ?"
+)
+_DELETE_LOT = "DELETE FROM lots WHERE lot_id = ?"
+_INSERT_LOT = (
+    "INSERT INTO lots (lot_id, customer_id, program, earned_at, expires_at, remaining) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_LOT = "UPDATE lots SET remaining = ? WHERE lot_id = ?"
+_OPEN_COUPONS = (
+    "SELECT serial, program, code, expires_at FROM coupons WHERE customer_id = ? "
+    "AND NOT EXISTS (SELECT 1 FROM usage WHERE usage.key = 'coupon:' || coupons.serial) "
+    "ORDER BY issued_at, serial"
+)
+
+_INSERT_RECEIPT = (
+    "INSERT INTO receipts (key, event_id, request_hash, refunded, response) VALUES (?, ?, ?, ?, ?)"
+)
+_ADD_USAGE = "UPDATE usage SET count = count + ? WHERE key = ?"
+_INSERT_USAGE = "INSERT INTO usage (key, count) VALUES (?, ?)"
+_INSERT_COUPON = (
+    "INSERT INTO coupons (serial, program, customer_id, code, issued_at, expires_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_INSERT_REFERRAL = "INSERT INTO referrals (code, customer_id) VALUES (?, ?)"
+
+
 def load_state(conn: Connection, customer_id: str) -> CustomerState:
     """The folded state of one customer, read from the projection tables."""
     state = CustomerState(customer_id)
-    for row in conn.execute(
-        select(schema.balances).where(schema.balances.c.customer_id == customer_id)
-    ):
-        unit = Unit(row.unit)
+    raw = raw_connection(conn)
+    for program, unit_name, balance in raw.execute(_BALANCES, (customer_id,)).fetchall():
+        unit = Unit(unit_name)
         if unit is Unit.STAMPS:
-            state.stamps[row.program] = row.balance
+            state.stamps[program] = balance
         elif unit is Unit.POINTS:
-            state.points[row.program] = PointsAccount(balance=row.balance)
+            state.points[program] = PointsAccount(balance=balance)
         elif unit in LOT_UNITS:
-            state.lotted[(row.program, unit)] = PointsAccount(balance=row.balance)
+            state.lotted[(program, unit)] = PointsAccount(balance=balance)
         else:
-            state.counters[(row.program, unit)] = row.balance
+            state.counters[(program, unit)] = balance
     accounts = state.all_accounts()
     # Lots are the one projection that grows with a customer's history (one per earning
-    # sale until it expires), read on every commit: fetched in one go on the DB-API cursor,
-    # as SQLAlchemy's per-row result objects cost several times the query itself.
-    rows = conn.exec_driver_sql(
-        "SELECT lot_id, program, earned_at, expires_at, remaining FROM lots WHERE customer_id = ?",
-        (customer_id,),
-    ).fetchall()
+    # sale until it expires), read on every commit: fetched in one go.
+    rows = raw.execute(_LOTS, (customer_id,)).fetchall()
     parse = datetime.fromisoformat
+    lots_of = {program: account.lots for program, account in accounts.items()}
     for lot_id, program, earned_at, expires_at, remaining in rows:
-        account = accounts.get(program) or state.points.setdefault(program, PointsAccount())
-        account.lots[lot_id] = Lot(
+        lots = lots_of.get(program)
+        if lots is None:
+            lots = lots_of[program] = state.points.setdefault(program, PointsAccount()).lots
+        lots[lot_id] = Lot(
             lot_id, parse(earned_at), parse(expires_at) if expires_at else None, remaining
         )
     return state
@@ -54,54 +92,40 @@ def load_state(conn: Connection, customer_id: str) -> CustomerState:
 def store_state(conn: Connection, before: CustomerState, after: CustomerState) -> None:
     """Write the difference between two states of one customer."""
     cid = after.customer_id
+    raw = raw_connection(conn)
     old = before.balances()
     for (program, unit), value in after.balances().items():
         if (program, unit) not in old:
-            conn.execute(
-                insert(schema.balances).values(
-                    customer_id=cid, program=program, unit=unit.value, balance=value
-                )
-            )
+            raw.execute(_INSERT_BALANCE, (cid, program, unit.value, value))
         elif old[(program, unit)] != value:
-            conn.execute(
-                update(schema.balances)
-                .where(
-                    schema.balances.c.customer_id == cid,
-                    schema.balances.c.program == program,
-                    schema.balances.c.unit == unit.value,
-                )
-                .values(balance=value)
-            )
-    old_lots = {
-        lot.lot_id: (prog, lot)
-        for prog, acc in before.all_accounts().items()
-        for lot in acc.lots.values()
-    }
-    new_lots = {
-        lot.lot_id: (prog, lot)
-        for prog, acc in after.all_accounts().items()
-        for lot in acc.lots.values()
-    }
+            raw.execute(_UPDATE_BALANCE, (value, cid, program, unit.value))
+    # Lot ids embed the program (``ids.lot_id``): one id space across the accounts.
+    old_lots: dict[str, Lot] = {}
+    for acc in before.all_accounts().values():
+        old_lots.update(acc.lots)
+    new_lots: dict[str, Lot] = {}
+    new_accounts = after.all_accounts()
+    for acc in new_accounts.values():
+        new_lots.update(acc.lots)
     for lot_id in old_lots.keys() - new_lots.keys():
-        conn.execute(delete(schema.lots).where(schema.lots.c.lot_id == lot_id))
-    for lot_id, (program, lot) in new_lots.items():
-        if lot_id not in old_lots:
-            conn.execute(
-                insert(schema.lots).values(
-                    lot_id=lot_id,
-                    customer_id=cid,
-                    program=program,
-                    earned_at=lot.earned_at.isoformat(),
-                    expires_at=lot.expires_at.isoformat() if lot.expires_at else None,
-                    remaining=lot.remaining,
+        raw.execute(_DELETE_LOT, (lot_id,))
+    for program, acc in new_accounts.items():
+        for lot_id, lot in acc.lots.items():
+            known = old_lots.get(lot_id)
+            if known is None:
+                raw.execute(
+                    _INSERT_LOT,
+                    (
+                        lot_id,
+                        cid,
+                        program,
+                        lot.earned_at.isoformat(),
+                        lot.expires_at.isoformat() if lot.expires_at else None,
+                        lot.remaining,
+                    ),
                 )
-            )
-        elif old_lots[lot_id][1].remaining != lot.remaining:
-            conn.execute(
-                update(schema.lots)
-                .where(schema.lots.c.lot_id == lot_id)
-                .values(remaining=lot.remaining)
-            )
+            elif known.remaining != lot.remaining:
+                raw.execute(_UPDATE_LOT, (lot.remaining, lot_id))
 
 
 def apply_side_tables(conn: Connection, event: Event, response: bytes | None = None) -> None:
@@ -132,14 +156,9 @@ def apply_side_tables(conn: Connection, event: Event, response: bytes | None = N
             .values(status="blocked", reason=data.get("reason"))
         )
     elif event.kind is Kind.SALE_COMMITTED:
-        conn.execute(
-            insert(schema.receipts).values(
-                key=f"sale:{data['receipt_id']}",
-                event_id=event.id,
-                request_hash=data["request_hash"],
-                refunded="{}",
-                response=response or b"",
-            )
+        raw_connection(conn).execute(
+            _INSERT_RECEIPT,
+            (f"sale:{data['receipt_id']}", event.id, data["request_hash"], "{}", response or b""),
         )
     elif event.kind is Kind.REFUND_COMMITTED:
         sale_key = f"sale:{data['receipt_id']}"
@@ -168,33 +187,27 @@ def apply_side_tables(conn: Connection, event: Event, response: bytes | None = N
 def _apply_catalog(conn: Connection, event: Event) -> None:
     """Usage counters, issued coupons and referral codes that follow from ``event``."""
     data = event.data
+    raw = raw_connection(conn)
     for key, count in sorted(data.get("uses", {}).items()):
         if not count:
             continue
-        updated = conn.execute(
-            update(schema.usage)
-            .where(schema.usage.c.key == key)
-            .values(count=schema.usage.c.count + int(count))
-        )
+        updated = raw.execute(_ADD_USAGE, (int(count), key))
         if updated.rowcount == 0:
-            conn.execute(insert(schema.usage).values(key=key, count=int(count)))
+            raw.execute(_INSERT_USAGE, (key, int(count)))
     for coupon in data.get("coupons", ()):
-        conn.execute(
-            insert(schema.coupons).values(
-                serial=coupon["serial"],
-                program=coupon["program"],
-                customer_id=event.customer_id,
-                code=coupon["code"],
-                issued_at=event.at.isoformat(),
-                expires_at=coupon["expires_at"],
-            )
+        raw.execute(
+            _INSERT_COUPON,
+            (
+                coupon["serial"],
+                coupon["program"],
+                event.customer_id,
+                coupon["code"],
+                event.at.isoformat(),
+                coupon["expires_at"],
+            ),
         )
     if event.kind is Kind.CUSTOMER_ENROLLED and data.get("referral_code"):
-        conn.execute(
-            insert(schema.referrals).values(
-                code=data["referral_code"], customer_id=event.customer_id
-            )
-        )
+        raw.execute(_INSERT_REFERRAL, (data["referral_code"], event.customer_id))
 
 
 def side_table_problem(conn: Connection, event: Event) -> tuple[str, str] | None:
@@ -275,31 +288,20 @@ def usage_counts(conn: Connection, keys: list[str]) -> dict[str, int]:
     """Ledger-wide use counters for ``keys`` (absent keys are not in the answer)."""
     if not keys:
         return {}
-    rows = conn.execute(select(schema.usage).where(schema.usage.c.key.in_(keys)))
-    return {str(row[0]): int(row[1]) for row in rows}
+    marks = ",".join("?" * len(keys))
+    rows = raw_connection(conn).execute(
+        f"SELECT key, count FROM usage WHERE key IN ({marks})", keys
+    )
+    return {str(key): int(count) for key, count in rows.fetchall()}
 
 
 def open_coupons(conn: Connection, customer_id: str) -> list[dict[str, Any]]:
     """Coupons issued to a customer and not yet used (expired ones included)."""
-    used = schema.usage.c.key
-    rows = conn.execute(
-        select(schema.coupons)
-        .where(schema.coupons.c.customer_id == customer_id)
-        .order_by(schema.coupons.c.issued_at, schema.coupons.c.serial)
-    )
-    out = []
-    for row in rows:
-        spent = conn.execute(select(used).where(used == f"coupon:{row.serial}")).first()
-        if spent is None:
-            out.append(
-                {
-                    "serial": row.serial,
-                    "program": row.program,
-                    "code": row.code,
-                    "expires_at": row.expires_at,
-                }
-            )
-    return out
+    rows = raw_connection(conn).execute(_OPEN_COUPONS, (customer_id,)).fetchall()
+    return [
+        {"serial": serial, "program": program, "code": code, "expires_at": expires_at}
+        for serial, program, code, expires_at in rows
+    ]
 
 
 def referrer_of(conn: Connection, code: str) -> str | None:

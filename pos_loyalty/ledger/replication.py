@@ -9,6 +9,9 @@ apply from other tills. Every method is one ledger transaction.
   cursor moves in the same transaction. An event already present (same id) is skipped.
   A remote sale whose receipt key is already used here by another event is kept (its
   balances count) but its receipt row is not written; a conflict is recorded.
+- A sale using a single-use coupon that another till's sale used first (both offline) is
+  accepted by the server and flagged ``coupon_reused``: the sale stands everywhere (its
+  balances count) and the conflict is recorded here as well as on the server.
 - A derived-id expiry another till recorded first comes back as ``duplicate`` with the
   winner's payload: the difference between the two copies is booked here by a *local-only*
   adjustment (id derived from the expiry and the till), which the server checks and keeps in
@@ -36,6 +39,11 @@ from . import schema
 from .codec import event_from_row
 from .projections import apply_side_tables, load_state, side_table_problem, store_state
 from .store import Ledger
+
+# Answer reasons of events the server accepted (stored, counted, served) but flagged for an
+# operator: the till records a conflict for them too.
+COUPON_REUSED = "coupon_reused"  # a single-use coupon another till's sale used first
+FLAGGED_REASONS = frozenset({COUPON_REUSED})
 
 
 def reconcile_id(expiry_id: str, terminal_id: str) -> str:
@@ -238,7 +246,7 @@ class Replica:
                 return []  # answered already (a crash-resend): nothing to do twice
             for stored in sent:
                 answer = by_id[stored.id]
-                if answer.status == "conflict":
+                if answer.status == "conflict" or answer.reason in FLAGGED_REASONS:
                     self._conflict(conn, "push", stored, answer.reason or "conflict", answer)
                 elif answer.winner_payload is not None:
                     postings = reconcile_postings(stored.payload, answer.winner_payload)

@@ -9,13 +9,14 @@ before the caller answers (DESIGN invariant 5).
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from pos_loyalty.domain.events import Event, Kind
@@ -23,13 +24,48 @@ from pos_loyalty.domain.state import CustomerState
 
 from . import schema
 from .codec import GENESIS, chain_hash, event_from_row, pack_response, payload_of, unpack_response
-from .projections import apply_side_tables, load_state, store_state
+from .projections import apply_side_tables, load_state, raw_connection, store_state
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class LedgerError(Exception):
     """The ledger file cannot be used (corrupt, not a ledger, locked for too long)."""
+
+
+class CardRow(NamedTuple):
+    """A ``cards`` row (columns in table order)."""
+
+    code: str
+    customer_id: str
+    status: str
+    issued_at: str
+    reason: str | None
+
+
+class CustomerRow(NamedTuple):
+    """A ``customers`` row (columns in table order)."""
+
+    customer_id: str
+    enrolled_at: str
+    profile: str
+
+
+# Hot reads and the append path run on the DB-API connection inside the SQLAlchemy
+# transaction (same connection, same snapshot): SQLAlchemy's per-statement work (building,
+# caching, result objects) costs several times what SQLite spends on these by-key reads.
+_CARD = "SELECT code, customer_id, status, issued_at, reason FROM cards WHERE code = ?"
+_CUSTOMER = "SELECT customer_id, enrolled_at, profile FROM customers WHERE customer_id = ?"
+_RECEIPT = "SELECT key, event_id, request_hash, refunded, response FROM receipts WHERE key = ?"
+_HAS_EVENT = "SELECT 1 FROM events WHERE id = ?"
+_HEAD = "SELECT seq, hash FROM heads WHERE terminal_id = ?"
+_INSERT_EVENT = (
+    "INSERT INTO events (id, terminal_id, seq, kind, at, customer_id, key, payload, "
+    "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SET_RESPONSE = "UPDATE receipts SET response = ? WHERE key = ?"
+_UPDATE_HEAD = "UPDATE heads SET seq = ?, hash = ? WHERE terminal_id = ?"
+_INSERT_HEAD = "INSERT INTO heads (terminal_id, seq, hash) VALUES (?, ?, ?)"
 
 
 @dataclass(frozen=True)
@@ -58,7 +94,7 @@ def make_engine(path: Path) -> Engine:
     def _on_begin(conn: Connection) -> None:
         # Writers take the write lock up front; readers get a deferred (snapshot) transaction.
         read_only = conn.get_execution_options().get("read_only", False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        raw_connection(conn).execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -85,9 +121,11 @@ class Ledger:
         self.engine = make_engine(self.path)
         try:
             migrate(self.engine)
-        except (DatabaseError, OperationalError) as exc:
+        except (DatabaseError, OperationalError, sqlite3.Error) as exc:
+            # sqlite3's own errors: ``BEGIN`` is issued on the DB-API connection (make_engine).
             self.engine.dispose()
-            raise LedgerError(f"{self.path} is not a usable ledger: {exc.orig}") from None
+            reason = exc.orig if isinstance(exc, DatabaseError | OperationalError) else exc
+            raise LedgerError(f"{self.path} is not a usable ledger: {reason}") from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -114,13 +152,15 @@ class Tx:
     def __init__(self, conn: Connection, terminal_id: str) -> None:
         self.conn = conn
         self.terminal_id = terminal_id
+        self.raw = raw_connection(conn)
 
     # -- reads ----------------------------------------------------------------------------
     def state(self, customer_id: str) -> CustomerState:
         return load_state(self.conn, customer_id)
 
-    def card(self, code: str) -> Any:
-        return self.conn.execute(select(schema.cards).where(schema.cards.c.code == code)).first()
+    def card(self, code: str) -> CardRow | None:
+        row = self.raw.execute(_CARD, (code,)).fetchone()
+        return None if row is None else CardRow(*row)
 
     def cards_of(self, customer_id: str) -> list[Any]:
         return list(
@@ -131,21 +171,21 @@ class Tx:
             )
         )
 
-    def customer(self, customer_id: str) -> Any:
-        return self.conn.execute(
-            select(schema.customers).where(schema.customers.c.customer_id == customer_id)
-        ).first()
+    def customer(self, customer_id: str) -> CustomerRow | None:
+        row = self.raw.execute(_CUSTOMER, (customer_id,)).fetchone()
+        return None if row is None else CustomerRow(*row)
 
     def receipt(self, key: str) -> Receipt | None:
-        row = self.conn.execute(select(schema.receipts).where(schema.receipts.c.key == key)).first()
+        row = self.raw.execute(_RECEIPT, (key,)).fetchone()
         if row is None:
             return None
+        key, event_id, request_hash, refunded, response = row
         return Receipt(
-            row.key,
-            row.event_id,
-            row.request_hash,
-            {int(k): int(v) for k, v in json.loads(row.refunded).items()},
-            unpack_response(row.response),
+            key,
+            event_id,
+            request_hash,
+            {int(k): int(v) for k, v in json.loads(refunded).items()},
+            unpack_response(response),
         )
 
     def event(self, event_id: str) -> Event | None:
@@ -153,12 +193,7 @@ class Tx:
         return None if row is None else event_from_row(row)
 
     def has_event(self, event_id: str) -> bool:
-        return (
-            self.conn.execute(
-                select(schema.events.c.pos).where(schema.events.c.id == event_id)
-            ).first()
-            is not None
-        )
+        return self.raw.execute(_HAS_EVENT, (event_id,)).fetchone() is not None
 
     def history(
         self, customer_id: str, limit: int = 50, before: int | None = None
@@ -189,12 +224,8 @@ class Tx:
         return total
 
     def head(self, terminal_id: str | None = None) -> tuple[int, bytes]:
-        row = self.conn.execute(
-            select(schema.heads).where(
-                schema.heads.c.terminal_id == (terminal_id or self.terminal_id)
-            )
-        ).first()
-        return (0, GENESIS) if row is None else (row.seq, row.hash)
+        row = self.raw.execute(_HEAD, (terminal_id or self.terminal_id,)).fetchone()
+        return (0, GENESIS) if row is None else (row[0], row[1])
 
     def count_events(self) -> int:
         from sqlalchemy import func
@@ -215,19 +246,20 @@ class Tx:
             seq += 1
             ev = replace(ev, seq=seq)
             digest = chain_hash(prev, ev)
-            self.conn.execute(
-                insert(schema.events).values(
-                    id=ev.id,
-                    terminal_id=ev.terminal_id,
-                    seq=ev.seq,
-                    kind=ev.kind.value,
-                    at=ev.at.isoformat(),
-                    customer_id=ev.customer_id,
-                    key=ev.key,
-                    payload=payload_of(ev),
-                    prev_hash=prev,
-                    hash=digest,
-                )
+            self.raw.execute(
+                _INSERT_EVENT,
+                (
+                    ev.id,
+                    ev.terminal_id,
+                    ev.seq,
+                    ev.kind.value,
+                    ev.at.isoformat(),
+                    ev.customer_id,
+                    ev.key,
+                    payload_of(ev),
+                    prev,
+                    digest,
+                ),
             )
             prev = digest
             apply_side_tables(self.conn, ev)
@@ -247,19 +279,9 @@ class Tx:
         return stored
 
     def set_response(self, key: str, response: dict[str, Any]) -> None:
-        self.conn.execute(
-            update(schema.receipts)
-            .where(schema.receipts.c.key == key)
-            .values(response=pack_response(response))
-        )
+        self.raw.execute(_SET_RESPONSE, (pack_response(response), key))
 
     def _set_head(self, seq: int, digest: bytes) -> None:
-        updated = self.conn.execute(
-            update(schema.heads)
-            .where(schema.heads.c.terminal_id == self.terminal_id)
-            .values(seq=seq, hash=digest)
-        )
+        updated = self.raw.execute(_UPDATE_HEAD, (seq, digest, self.terminal_id))
         if updated.rowcount == 0:
-            self.conn.execute(
-                insert(schema.heads).values(terminal_id=self.terminal_id, seq=seq, hash=digest)
-            )
+            self.raw.execute(_INSERT_HEAD, (self.terminal_id, seq, digest))

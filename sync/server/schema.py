@@ -7,6 +7,8 @@ them; this mirrors head. Works on PostgreSQL (production) and SQLite (embedded d
   fork). ``server_seq`` is the merchant-wide position readers page by; it is assigned under
   the merchant's counter row lock inside the ingest transaction, so it follows commit order.
 - ``balances`` / ``overdrafts``: the server's projections.
+- ``coupon_uses``: the first ingested use of each single-use coupon (per merchant); a later
+  use is kept and counted, and recorded in ``conflicts`` (``coupon_reused``).
 """
 
 from __future__ import annotations
@@ -147,6 +149,23 @@ conflicts = Table(
     Column("reason", String(64), nullable=False),
     Column("message", Text, nullable=False),
     Column("recorded_at", String(40), nullable=False),
+    # coupon_reused: the customer, and the first ingested use this one collided with
+    Column("customer_id", String(36)),
+    Column("other_event_id", String(36)),
+    Column("other_terminal_id", String(64)),
+)
+Index("ix_conflicts_event", conflicts.c.merchant_id, conflicts.c.event_id)
+
+coupon_uses = Table(
+    "coupon_uses",
+    metadata,
+    Column("merchant_id", String(64), nullable=False),
+    Column("serial", String(64), nullable=False),  # the coupon id (``coupon:<serial>`` use)
+    Column("event_id", String(36), nullable=False),  # the first ingested sale that used it
+    Column("terminal_id", String(64), nullable=False),
+    Column("customer_id", String(36)),
+    Column("used_at", String(40), nullable=False),
+    PrimaryKeyConstraint("merchant_id", "serial"),
 )
 
 programs = Table(

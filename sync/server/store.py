@@ -20,6 +20,12 @@ Ingest is one transaction per batch:
    ``UPDATE merchants SET last_seq = last_seq + n RETURNING last_seq``, inside the same
    transaction: the row lock is held until commit, so positions follow commit order and a
    reader paging "after N" never skips a position that commits late.
+5. Single-use coupons (after that lock, so in commit order): the first ingested sale that
+   uses a coupon is recorded in ``coupon_uses``; a later use by another event (two tills
+   redeemed it offline) is still accepted, stored, counted and served — the sale happened —
+   and recorded as a ``coupon_reused`` conflict naming both events, the tills and the
+   customer. Its answer is ``accepted`` with ``reason = coupon_reused`` (also on a resend),
+   and the till records the conflict locally.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from sqlalchemy import bindparam as bp
 from pos_loyalty.domain.events import Kind
 from pos_loyalty.domain.ids import expiry_event_id
 from pos_loyalty.ledger.codec import GENESIS
-from pos_loyalty.ledger.replication import reconcile_id, reconcile_postings
+from pos_loyalty.ledger.replication import COUPON_REUSED, reconcile_id, reconcile_postings
 from sync.protocol import (
     PROTOCOL_VERSION,
     ChainHead,
@@ -98,6 +104,23 @@ def is_derived_expiry(ev: WireEvent) -> bool:
     except (ValueError, KeyError, TypeError):
         return False
     return isinstance(lot, str) and ev.id == expiry_event_id(lot)
+
+
+def coupon_serials(kind: str, payload: str) -> list[str]:
+    """The single-use coupons a sale redeemed (``uses`` keys ``coupon:<serial>``)."""
+    if kind != Kind.SALE_COMMITTED.value or '"coupon:' not in payload:
+        return []  # (the substring test keeps ingest from decoding every sale twice)
+    try:
+        uses = json.loads(payload)["d"].get("uses") or {}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+    if not isinstance(uses, dict):
+        return []
+    return sorted(
+        key.removeprefix("coupon:")
+        for key, count in uses.items()
+        if isinstance(key, str) and key.startswith("coupon:") and len(key) <= 71 and count
+    )
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -362,6 +385,9 @@ class ServerStore:
                         "reason": reason,
                         "message": message,
                         "recorded_at": received,
+                        "customer_id": ev.customer_id,
+                        "other_event_id": None,
+                        "other_terminal_id": None,
                     }
                 )
 
@@ -495,11 +521,24 @@ class ServerStore:
                 for new in new_events:
                     new["server_seq"] = by_id[new["id"]]
                 conn.execute(insert(schema.chain), new_chain)
+                reused: dict[str, str] = {}
                 if new_events:
                     conn.execute(insert(schema.events), new_events)
                     self._fold(conn, m, new_events, received)
+                    # After the merchant row lock above: coupon uses of concurrent pushes of
+                    # the merchant are decided in commit order ("first ingested wins").
+                    reused = self._coupon_uses(conn, m, new_events, received, conflicts)
                 results = [
-                    r.model_copy(update={"server_seq": by_id.get(r.id)})
+                    r.model_copy(
+                        update={
+                            "server_seq": by_id.get(r.id),
+                            **(
+                                {"reason": COUPON_REUSED, "message": reused[r.id]}
+                                if r.id in reused
+                                else {}
+                            ),
+                        }
+                    )
                     if r.status is Status.ACCEPTED and r.reason is None
                     else r
                     for r in results
@@ -511,9 +550,106 @@ class ServerStore:
                 )
             if conflicts:
                 conn.execute(insert(schema.conflicts), conflicts)
+            results = self._flag_resent(conn, m, results)
         return PushResponse(
             results=results, head=ChainHead(epoch=epoch, seq=head_seq, hash=head_hash.hex())
         )
+
+    def _coupon_uses(
+        self,
+        conn: Connection,
+        merchant_id: str,
+        rows: list[dict[str, Any]],
+        at: str,
+        conflicts: list[dict[str, Any]],
+    ) -> dict[str, str]:
+        """Record the first ingested use of each single-use coupon; a later use (another
+        till redeemed the same coupon while offline) is kept and counted, and recorded as a
+        ``coupon_reused`` conflict naming both events. Returns {event id: message}."""
+        uses: list[tuple[dict[str, Any], str]] = [
+            (r, serial) for r in rows for serial in coupon_serials(r["kind"], r["payload"])
+        ]
+        if not uses:
+            return {}
+        cu = schema.coupon_uses
+        first: dict[str, Any] = {}
+        serials = sorted({serial for _, serial in uses})
+        for chunk in _chunks(serials):
+            for row in conn.execute(
+                select(cu).where(cu.c.merchant_id == merchant_id, cu.c.serial.in_(chunk))
+            ):
+                first[row.serial] = row._mapping
+        new_uses: list[dict[str, Any]] = []
+        reused: dict[str, str] = {}
+        for r, serial in uses:
+            winner = first.get(serial)
+            if winner is None:
+                use = {
+                    "merchant_id": merchant_id,
+                    "serial": serial,
+                    "event_id": r["id"],
+                    "terminal_id": r["terminal_id"],
+                    "customer_id": r["customer_id"],
+                    "used_at": at,
+                }
+                first[serial] = use
+                new_uses.append(use)
+                continue
+            if winner["event_id"] == r["id"]:
+                continue
+            message = (
+                f"coupon {serial} was already redeemed by event {winner['event_id']} at till "
+                f"{winner['terminal_id']}; this redemption (event {r['id']} at till "
+                f"{r['terminal_id']}, customer {r['customer_id']}) is kept and counted, "
+                "for an operator to settle."
+            )
+            reused.setdefault(r["id"], message)
+            conflicts.append(
+                {
+                    "merchant_id": merchant_id,
+                    "terminal_id": r["terminal_id"],
+                    "event_id": r["id"],
+                    "seq": r["seq"],
+                    "reason": COUPON_REUSED,
+                    "message": message,
+                    "recorded_at": at,
+                    "customer_id": r["customer_id"],
+                    "other_event_id": winner["event_id"],
+                    "other_terminal_id": winner["terminal_id"],
+                }
+            )
+        if new_uses:
+            conn.execute(insert(cu), new_uses)
+        return reused
+
+    def _flag_resent(
+        self, conn: Connection, merchant_id: str, results: list[EventResult]
+    ) -> list[EventResult]:
+        """A resend of an event flagged ``coupon_reused`` (its first answer was lost) is
+        answered with the flag again, so the till records the conflict exactly as if the
+        first answer had arrived."""
+        dups = [r.id for r in results if r.status is Status.DUPLICATE and r.reason is None]
+        if not dups:
+            return results
+        c = schema.conflicts
+        flagged: dict[str, str] = {}
+        for chunk in _chunks(dups):
+            for row in conn.execute(
+                select(c.c.event_id, c.c.message).where(
+                    c.c.merchant_id == merchant_id,
+                    c.c.event_id.in_(chunk),
+                    c.c.reason == COUPON_REUSED,
+                )
+            ):
+                flagged.setdefault(row.event_id, row.message)
+        if not flagged:
+            return results
+        return [
+            r.model_copy(update={"reason": COUPON_REUSED, "message": flagged[r.id]})
+            if r.status is Status.DUPLICATE and r.id in flagged
+            else r
+            for r in results
+        ]
 
     def _is_reconciliation(
         self,

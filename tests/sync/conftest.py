@@ -168,7 +168,7 @@ class Till:
 def make_till(tmp_path: Path) -> Iterator[Callable[[str], Till]]:
     tills: list[Till] = []
 
-    def make(terminal_id: str, *, sync_enabled: bool = True) -> Till:
+    def make(terminal_id: str, *, sync_enabled: bool = True, **overrides: Any) -> Till:
         data_dir = tmp_path / terminal_id
         base = load_settings(None, data_dir=data_dir)
         settings = dataclasses.replace(
@@ -177,6 +177,7 @@ def make_till(tmp_path: Path) -> Iterator[Callable[[str], Till]]:
             sync=dataclasses.replace(
                 base.sync, enabled=sync_enabled, server_url="http://127.0.0.1:1"
             ),
+            **overrides,
         )
         svc = open_service(settings)
         till = Till(svc, Replica(svc.ledger), data_dir)
