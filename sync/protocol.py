@@ -68,12 +68,31 @@ class WireEvent(_Model):
 
     def hash_ok(self) -> bool:
         """Whether ``hash`` is the chain hash of this content after ``prev_hash``."""
+        return self.checked_payload() is not None
+
+    def checked_payload(self) -> Any:
+        """The decoded payload when ``hash`` is the chain hash of this content after
+        ``prev_hash`` (the payload is decoded once), else None."""
         try:
-            ev = self.to_event()
-            json.loads(self.payload)
+            payload = json.loads(self.payload)
+            ev = Event.from_body(
+                {
+                    "id": self.id,
+                    "kind": self.kind,
+                    "terminal_id": self.terminal_id,
+                    "at": self.at,
+                    "customer_id": self.customer_id,
+                    "key": self.key,
+                    "postings": payload["p"],
+                    "data": payload["d"],
+                },
+                seq=self.seq,
+            )
         except (ValueError, KeyError, TypeError):
-            return False
-        return chain_hash(bytes.fromhex(self.prev_hash), ev).hex() == self.hash
+            return None
+        if chain_hash(bytes.fromhex(self.prev_hash), ev).hex() != self.hash:
+            return None
+        return payload
 
 
 class Status(str, Enum):

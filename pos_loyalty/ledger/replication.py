@@ -223,12 +223,16 @@ class Replica:
         with self.ledger.reader() as tx:
             acked = self._state(tx.conn).acked_seq
             rows = tx.conn.execute(
-                select(ev)
+                select(*(ev.c[name] for name in _STORED_COLUMNS))
                 .where(ev.c.terminal_id == self.terminal_id, ev.c.seq > acked)
                 .order_by(ev.c.seq)
                 .limit(limit)
             )
-            return [_stored(r) for r in rows]
+            # Plain tuples: the catch-up of a long-offline till reads many rows.
+            return [
+                StoredEvent(i, t, s, k, a, c, key, p, bytes(ph), bytes(h))
+                for i, t, s, k, a, c, key, p, ph, h in rows
+            ]
 
     def record_answers(
         self, sent: Sequence[StoredEvent], answers: Sequence[Answer], epoch: int
@@ -413,6 +417,20 @@ class Replica:
                 recorded_at=_now(),
             )
         )
+
+
+_STORED_COLUMNS = (
+    "id",
+    "terminal_id",
+    "seq",
+    "kind",
+    "at",
+    "customer_id",
+    "key",
+    "payload",
+    "prev_hash",
+    "hash",
+)
 
 
 def _stored(row: Any) -> StoredEvent:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
@@ -118,9 +118,11 @@ def create_server_app(
             credential=credential,
         )
 
-    @app.post("/v1/sync/push")
-    def push(body: PushRequest, auth: TillAuth = Depends(till)) -> PushResponse:
-        return store.ingest(auth, body)
+    @app.post("/v1/sync/push", response_model=PushResponse)
+    def push(body: PushRequest, auth: TillAuth = Depends(till)) -> Response:
+        # The store built (and validated) the answer: serialise it once, no second pass.
+        answer = store.ingest(auth, body)
+        return Response(answer.model_dump_json(), media_type="application/json")
 
     @app.get("/v1/sync/pull")
     def pull(

@@ -40,8 +40,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    Integer,
+    LargeBinary,
+    Table,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy import bindparam as bp
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from pos_loyalty.domain.events import Kind
 from pos_loyalty.domain.ids import expiry_event_id
@@ -123,9 +142,22 @@ def coupon_serials(kind: str, payload: str) -> list[str]:
     )
 
 
-def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _pg_type(col: Column[Any]) -> str:
+    kind = col.type
+    if isinstance(kind, Boolean):
+        return "boolean"
+    if isinstance(kind, BigInteger):
+        return "bigint"
+    if isinstance(kind, Integer):
+        return "integer"
+    if isinstance(kind, LargeBinary):
+        return "bytea"
+    return "text"
 
 
 def make_server_engine(url: str) -> Engine:
@@ -308,6 +340,33 @@ class ServerStore:
             )
         return bool(done)
 
+    # -- bulk helpers: one statement per batch on PostgreSQL ------------------------------
+    def _chunked(self, items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+        """SQLite: IN lists of at most ``_CHUNK``; PostgreSQL: one array parameter."""
+        return _chunks(items, _CHUNK if self.is_sqlite else max(1, len(items)))
+
+    def _among(self, col: Column[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+        """``col IN (values)``; on PostgreSQL ``col = ANY(:array)`` (one bind parameter)."""
+        if self.is_sqlite:
+            return col.in_(values)
+        return col == any_(bindparam(None, list(values), type_=ARRAY(col.type)))
+
+    def _insert_rows(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` (same keys each): PostgreSQL ``INSERT ... SELECT FROM unnest(...)``
+        with one array per column, in one statement; SQLite an executemany."""
+        if not rows:
+            return
+        if self.is_sqlite:
+            conn.execute(insert(table), rows)
+            return
+        cols = [c for c in table.columns if c.name in rows[0]]
+        names = ", ".join(f'"{c.name}"' for c in cols)
+        arrays = ", ".join(f"%(a{i})b::{_pg_type(c)}[]" for i, c in enumerate(cols))
+        conn.exec_driver_sql(
+            f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays})',
+            {f"a{i}": [r[c.name] for r in rows] for i, c in enumerate(cols)},
+        )
+
     # -- ingest ----------------------------------------------------------------------------
     def ingest(self, auth: TillAuth, request: PushRequest) -> PushResponse:
         if request.protocol != PROTOCOL_VERSION:
@@ -325,13 +384,16 @@ class ServerStore:
                     "broken_batch",
                     f"event seq {after.seq} does not follow seq {before.seq} in the batch.",
                 )
+        parsed: dict[int, Any] = {}  # seq -> decoded payload (decoded once per event)
         for ev in evs:
-            if not ev.hash_ok():
+            payload = ev.checked_payload()
+            if payload is None:
                 raise SyncError(
                     422,
                     "bad_hash",
                     f"event {ev.id} (seq {ev.seq}) does not match its hash or does not decode.",
                 )
+            parsed[ev.seq] = payload
         received = now_iso()
         m = auth.merchant_id
         with self.engine.begin() as conn:
@@ -343,32 +405,31 @@ class ServerStore:
             epoch, head_seq, head_hash = term.epoch, term.head_seq, bytes(term.head_hash)
             seqs = [ev.seq for ev in evs]
             ids = [ev.id for ev in evs]
+            # The batch is contiguous (checked above): its seqs are one range.
+            low, high = seqs[0], seqs[-1]
             slots: dict[int, list[bytes]] = defaultdict(list)
-            for chunk in _chunks(seqs):
-                for row in conn.execute(
-                    select(schema.chain.c.seq, schema.chain.c.hash).where(
-                        schema.chain.c.terminal_id == t, schema.chain.c.seq.in_(chunk)
-                    )
-                ):
-                    slots[row.seq].append(bytes(row.hash))
+            for row in conn.execute(
+                select(schema.chain.c.seq, schema.chain.c.hash).where(
+                    schema.chain.c.terminal_id == t, schema.chain.c.seq.between(low, high)
+                )
+            ):
+                slots[row.seq].append(bytes(row.hash))
             known: dict[str, Any] = {}
-            for chunk in _chunks(ids):
+            for chunk in self._chunked(ids):
                 for known_row in conn.execute(
                     select(schema.events.c.id, schema.events.c.hash, schema.events.c.payload).where(
-                        schema.events.c.merchant_id == m, schema.events.c.id.in_(chunk)
+                        schema.events.c.merchant_id == m, self._among(schema.events.c.id, chunk)
                     )
                 ):
                     known[known_row.id] = known_row
-            taken_seqs: set[int] = set()
-            for chunk in _chunks(seqs):
-                taken_seqs.update(
-                    r.seq
-                    for r in conn.execute(
-                        select(schema.events.c.seq).where(
-                            schema.events.c.terminal_id == t, schema.events.c.seq.in_(chunk)
-                        )
+            taken_seqs: set[int] = {
+                r.seq
+                for r in conn.execute(
+                    select(schema.events.c.seq).where(
+                        schema.events.c.terminal_id == t, schema.events.c.seq.between(low, high)
                     )
                 )
+            }
             results: list[EventResult] = []
             new_chain: list[dict[str, Any]] = []
             new_events: list[dict[str, Any]] = []
@@ -459,7 +520,7 @@ class ServerStore:
                                 message=message,
                             )
                         )
-                elif self._is_reconciliation(conn, t, ev, superseded_here, known):
+                elif self._is_reconciliation(conn, t, ev, superseded_here, known, parsed[ev.seq]):
                     slot.update(status="local_only", body=ev.model_dump_json())
                     results.append(
                         EventResult(
@@ -520,11 +581,11 @@ class ServerStore:
                     by_id.setdefault(slot["event_id"], first + i)
                 for new in new_events:
                     new["server_seq"] = by_id[new["id"]]
-                conn.execute(insert(schema.chain), new_chain)
+                self._insert_rows(conn, schema.chain, new_chain)
                 reused: dict[str, str] = {}
                 if new_events:
-                    conn.execute(insert(schema.events), new_events)
-                    self._fold(conn, m, new_events, received)
+                    self._insert_rows(conn, schema.events, new_events)
+                    self._fold(conn, m, new_events, received, parsed)
                     # After the merchant row lock above: coupon uses of concurrent pushes of
                     # the merchant are decided in commit order ("first ingested wins").
                     reused = self._coupon_uses(conn, m, new_events, received, conflicts)
@@ -548,8 +609,7 @@ class ServerStore:
                     .where(schema.terminals.c.id == t)
                     .values(epoch=epoch, head_seq=head_seq, head_hash=head_hash)
                 )
-            if conflicts:
-                conn.execute(insert(schema.conflicts), conflicts)
+            self._insert_rows(conn, schema.conflicts, conflicts)
             results = self._flag_resent(conn, m, results)
         return PushResponse(
             results=results, head=ChainHead(epoch=epoch, seq=head_seq, hash=head_hash.hex())
@@ -574,9 +634,9 @@ class ServerStore:
         cu = schema.coupon_uses
         first: dict[str, Any] = {}
         serials = sorted({serial for _, serial in uses})
-        for chunk in _chunks(serials):
+        for chunk in self._chunked(serials):
             for row in conn.execute(
-                select(cu).where(cu.c.merchant_id == merchant_id, cu.c.serial.in_(chunk))
+                select(cu).where(cu.c.merchant_id == merchant_id, self._among(cu.c.serial, chunk))
             ):
                 first[row.serial] = row._mapping
         new_uses: list[dict[str, Any]] = []
@@ -618,8 +678,7 @@ class ServerStore:
                     "other_terminal_id": winner["terminal_id"],
                 }
             )
-        if new_uses:
-            conn.execute(insert(cu), new_uses)
+        self._insert_rows(conn, cu, new_uses)
         return reused
 
     def _flag_resent(
@@ -633,11 +692,11 @@ class ServerStore:
             return results
         c = schema.conflicts
         flagged: dict[str, str] = {}
-        for chunk in _chunks(dups):
+        for chunk in self._chunked(dups):
             for row in conn.execute(
                 select(c.c.event_id, c.c.message).where(
                     c.c.merchant_id == merchant_id,
-                    c.c.event_id.in_(chunk),
+                    self._among(c.c.event_id, chunk),
                     c.c.reason == COUPON_REUSED,
                 )
             ):
@@ -658,12 +717,12 @@ class ServerStore:
         ev: WireEvent,
         superseded_here: dict[str, str],
         known: dict[str, Any],
+        payload: Any,
     ) -> bool:
         """A local-only event booking a superseded expiry's difference at its till (checked)."""
         if ev.kind != Kind.ACCOUNT_ADJUSTED.value:
             return False
         try:
-            payload = json.loads(ev.payload)
             expiry_id = payload["d"]["reconciles"]
         except (ValueError, KeyError, TypeError):
             return False
@@ -696,15 +755,20 @@ class ServerStore:
         return bool(got == wanted)
 
     def _fold(
-        self, conn: Connection, merchant_id: str, rows: list[dict[str, Any]], at: str
+        self,
+        conn: Connection,
+        merchant_id: str,
+        rows: list[dict[str, Any]],
+        at: str,
+        parsed: dict[int, Any],
     ) -> None:
         """Balances: the sum of postings (order-independent); overdrafts flagged."""
         customers = sorted({r["customer_id"] for r in rows if r["customer_id"]})
         current: dict[tuple[str, str, str], tuple[int, bool]] = {}
         b = schema.balances
-        for chunk in _chunks(customers):
+        for chunk in self._chunked(customers):
             for row in conn.execute(
-                select(b).where(b.c.merchant_id == merchant_id, b.c.customer_id.in_(chunk))
+                select(b).where(b.c.merchant_id == merchant_id, self._among(b.c.customer_id, chunk))
             ):
                 current[(row.customer_id, row.program, row.unit)] = (row.balance, row.overdraft)
         before = dict(current)
@@ -712,7 +776,7 @@ class ServerStore:
         for r in rows:
             if not r["customer_id"]:
                 continue
-            for p in json.loads(r["payload"])["p"]:
+            for p in parsed[r["seq"]]["p"]:
                 key = (r["customer_id"], p["program"], p["unit"])
                 value, flag = current.get(key, (0, False))
                 value += int(p["delta"])
@@ -752,9 +816,24 @@ class ServerStore:
             for (c, p, u), (v, f) in current.items()
             if (c, p, u) in before and before[(c, p, u)] != (v, f)
         ]
-        if inserts:
-            conn.execute(insert(b), inserts)
-        if updates:
+        self._insert_rows(conn, b, inserts)
+        if updates and not self.is_sqlite:
+            conn.exec_driver_sql(
+                "UPDATE balances AS b SET balance = u.v, overdraft = u.f"
+                " FROM unnest(%(c)b::text[], %(p)b::text[], %(u)b::text[], %(v)b::bigint[],"
+                " %(f)b::boolean[]) AS u(c, p, un, v, f)"
+                " WHERE b.merchant_id = %(m)s AND b.customer_id = u.c AND b.program = u.p"
+                " AND b.unit = u.un",
+                {
+                    "m": merchant_id,
+                    "c": [x["c"] for x in updates],
+                    "p": [x["p"] for x in updates],
+                    "u": [x["u"] for x in updates],
+                    "v": [x["v"] for x in updates],
+                    "f": [x["f"] for x in updates],
+                },
+            )
+        elif updates:
             conn.execute(
                 update(b)
                 .where(
@@ -766,8 +845,7 @@ class ServerStore:
                 .values(balance=bp("v"), overdraft=bp("f")),
                 updates,
             )
-        if flagged:
-            conn.execute(insert(schema.overdrafts), flagged)
+        self._insert_rows(conn, schema.overdrafts, flagged)
 
     # -- reads -----------------------------------------------------------------------------
     def pull(self, auth: TillAuth, after: str | None, limit: int) -> PullResponse:
@@ -796,10 +874,10 @@ class ServerStore:
                 if s.terminal_id != auth.terminal_id and s.status == "accepted"
             ]
             rows: dict[str, Any] = {}
-            for chunk in _chunks(wanted):
+            for chunk in self._chunked(wanted):
                 for row in conn.execute(
                     select(schema.events).where(
-                        schema.events.c.merchant_id == m, schema.events.c.id.in_(chunk)
+                        schema.events.c.merchant_id == m, self._among(schema.events.c.id, chunk)
                     )
                 ):
                     rows[row.id] = row
