@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _common import durable_connection, file_size, median_ms, p99_ms, ratio, verdict
+from _common import MENU, durable_connection, file_size, median_ms, p99_ms, ratio, verdict
 
 from pos_loyalty.config import load_settings
 from pos_loyalty.domain import engine
@@ -60,18 +60,6 @@ BATCH = 50_000  # rows per executemany
 TARGET_MEDIAN_MS = 0.3
 TARGET_P99_MS = 2.0
 SECONDARY_INDEXES = ("ix_events_customer", "ix_cards_customer", "ix_lots_customer")
-
-# The café menu the generated sales draw from: (sku, category, unit price).
-MENU = (
-    ("espresso", "coffee", 220),
-    ("cappuccino", "coffee", 320),
-    ("flat-white", "coffee", 360),
-    ("croissant", "bakery", 250),
-    ("muffin", "bakery", 290),
-    ("orange-juice", "drinks", 380),
-    ("sandwich", "food", 650),
-    ("gift-card-10", "gift-card", 1000),
-)
 
 EVENT_SQL = (
     "INSERT INTO events (id, terminal_id, seq, kind, at, customer_id, key, payload, prev_hash,"
