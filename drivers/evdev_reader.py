@@ -95,33 +95,28 @@ class EvdevReader(ThreadedReader):
         except ImportError:
             self.status(ReaderState.ERROR, "python-evdev is not installed")
             return
-        delay = self.reconnect_initial
-        while not self.stopping.is_set():
+
+        def connect() -> Any:
+            dev = self._open_device(evdev)
+            if self.grab:
+                dev.grab()
+            return dev
+
+        def disconnect(dev: Any) -> None:
             try:
-                dev = self._open_device(evdev)
                 if self.grab:
-                    dev.grab()
-            except OSError as exc:
-                self.status(ReaderState.RECONNECTING, f"waiting for the device ({exc.strerror})")
-                self.stopping.wait(delay)
-                delay = min(delay * 2, self.reconnect_max)
-                continue
-            delay = self.reconnect_initial
-            self.status(ReaderState.CONNECTED, "connected")
-            try:
-                self._pump(dev)
-            except OSError as exc:
-                if not self.stopping.is_set():
-                    self.status(ReaderState.DISCONNECTED, f"device lost ({exc.strerror})")
-            finally:
-                try:
-                    if self.grab:
-                        dev.ungrab()
-                except OSError:
-                    pass  # gone already
-                dev.close()
-        if self.health is ReaderState.CONNECTED:
-            self.status(ReaderState.DISCONNECTED, "reader released")
+                    dev.ungrab()
+            except OSError:
+                pass  # gone already
+            dev.close()
+
+        self.reconnect_loop(
+            connect,
+            self._pump,
+            disconnect,
+            initial=self.reconnect_initial,
+            maximum=self.reconnect_max,
+        )
 
     def _pump(self, dev: Any) -> None:
         decoder = EvdevKeyDecoder(self.layout, tab_ends=self.tab_ends)

@@ -22,7 +22,6 @@ from pathlib import Path
 from drivers.hidpos import HidPosError, HidPosReassembler
 from drivers.keyboard import BootReportDecoder
 from drivers.lifecycle import Sink, ThreadedReader
-from drivers.model import ReaderState
 from drivers.options import opt_float, opt_int, opt_str, scan_options
 from drivers.parse import ScanOptions
 
@@ -109,29 +108,19 @@ class HidrawReader(ThreadedReader):
         return self.url
 
     def run(self) -> None:
-        delay = self.reconnect_initial
-        while not self.stopping.is_set():
+        def connect() -> int:
             path = self.resolve()
-            try:
-                if path is None:
-                    raise FileNotFoundError(errno.ENOENT, "not plugged in")
-                fd = self._opener(path)
-            except OSError as exc:
-                self.status(ReaderState.RECONNECTING, f"waiting for the device ({exc.strerror})")
-                self.stopping.wait(delay)
-                delay = min(delay * 2, self.reconnect_max)
-                continue
-            delay = self.reconnect_initial
-            self.status(ReaderState.CONNECTED, "connected")
-            try:
-                self._pump(fd)
-            except OSError as exc:
-                if not self.stopping.is_set():
-                    self.status(ReaderState.DISCONNECTED, f"device lost ({exc.strerror})")
-            finally:
-                os.close(fd)
-        if self.health is ReaderState.CONNECTED:
-            self.status(ReaderState.DISCONNECTED, "reader released")
+            if path is None:
+                raise FileNotFoundError(errno.ENOENT, "not plugged in")
+            return self._opener(path)
+
+        self.reconnect_loop(
+            connect,
+            self._pump,
+            os.close,
+            initial=self.reconnect_initial,
+            maximum=self.reconnect_max,
+        )
 
     def _pump(self, fd: int) -> None:
         keys = hidpos = None

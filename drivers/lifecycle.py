@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 from drivers.debounce import Debouncer
 from drivers.model import CardRead, ReaderState, ReaderStatus
@@ -223,6 +224,39 @@ class ThreadedReader(Reader):
 
     def _wake(self) -> None:
         """Make a blocked :meth:`run` return soon (subclasses: cancel a blocking read)."""
+
+    def reconnect_loop(
+        self,
+        connect: Callable[[], Any],
+        pump: Callable[[Any], None],
+        disconnect: Callable[[Any], None],
+        *,
+        initial: float,  # float ok: seconds
+        maximum: float,  # float ok: seconds
+    ) -> None:
+        """Open the device, read it until it goes away, close it; retry with doubling
+        back-off (``initial`` up to ``maximum`` seconds) until stopped. ``connect`` and
+        ``pump`` signal a missing or lost device with ``OSError``."""
+        delay = initial
+        while not self.stopping.is_set():
+            try:
+                handle = connect()
+            except OSError as exc:
+                self.status(ReaderState.RECONNECTING, f"waiting for the device ({exc.strerror})")
+                self.stopping.wait(delay)
+                delay = min(delay * 2, maximum)
+                continue
+            delay = initial
+            self.status(ReaderState.CONNECTED, "connected")
+            try:
+                pump(handle)
+            except OSError as exc:
+                if not self.stopping.is_set():
+                    self.status(ReaderState.DISCONNECTED, f"device lost ({exc.strerror})")
+            finally:
+                disconnect(handle)
+        if self.health is ReaderState.CONNECTED:
+            self.status(ReaderState.DISCONNECTED, "reader released")
 
     def _main(self) -> None:
         try:
