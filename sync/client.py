@@ -173,7 +173,8 @@ class SyncClient:
                     "protocol": PROTOCOL_VERSION,
                     "terminal_id": self.replica.terminal_id,
                     "events": [_wire(e) for e in sent],
-                }
+                },
+                separators=(",", ":"),  # compact: ~10% fewer bytes to send and parse
             )
             response = self._request(
                 "POST",

@@ -227,8 +227,8 @@ class Replica:
                 .where(ev.c.terminal_id == self.terminal_id, ev.c.seq > acked)
                 .order_by(ev.c.seq)
                 .limit(limit)
-            )
-            # Plain tuples: the catch-up of a long-offline till reads many rows.
+            ).all()
+            # Plain tuples, fetched at once: the catch-up of a long-offline till reads many.
             return [
                 StoredEvent(i, t, s, k, a, c, key, p, bytes(ph), bytes(h))
                 for i, t, s, k, a, c, key, p, ph, h in rows

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
@@ -37,6 +39,12 @@ from .store import ServerStore, SyncError, TillAuth
 log = logging.getLogger("sync.server")
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+
+# The push body is parsed by the endpoint itself (``model_validate_json``), so its schema is
+# declared for the OpenAPI document by hand; nested models resolve inside it.
+_PUSH_SCHEMA = PushRequest.model_json_schema(
+    ref_template="#/paths/~1v1~1sync~1push/post/requestBody/content/application~1json/schema/$defs/{model}"
+)
 
 
 class RateLimiter:
@@ -118,10 +126,28 @@ def create_server_app(
             credential=credential,
         )
 
-    @app.post("/v1/sync/push", response_model=PushResponse)
-    def push(body: PushRequest, auth: TillAuth = Depends(till)) -> Response:
-        # The store built (and validated) the answer: serialise it once, no second pass.
-        answer = store.ingest(auth, body)
+    @app.post(
+        "/v1/sync/push",
+        response_model=PushResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _PUSH_SCHEMA}},
+            }
+        },
+    )
+    async def push(request: Request, auth: TillAuth = Depends(till)) -> Response:
+        # The body is validated straight from its bytes (one pass, no intermediate dict);
+        # BodyLimit has bounded it already. The store built (and validated) the answer:
+        # serialise it once, no second pass.
+        raw = await request.body()
+        try:
+            body = PushRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
+            ) from None
+        answer = await run_in_threadpool(store.ingest, auth, body)
         return Response(answer.model_dump_json(), media_type="application/json")
 
     @app.get("/v1/sync/pull")

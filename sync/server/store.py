@@ -37,6 +37,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,6 @@ from sync.protocol import (
     ChainHead,
     ChainStub,
     CustomerBalance,
-    EventResult,
     PulledEvent,
     PullResponse,
     PushRequest,
@@ -359,12 +359,27 @@ class ServerStore:
         if self.is_sqlite:
             conn.execute(insert(table), rows)
             return
+        # One JSON document of row arrays, expanded by the server: ``json.dumps`` (C) is much
+        # cheaper than adapting one typed array per column element by element. bytea values
+        # travel as hex and are decoded in SQL.
         cols = [c for c in table.columns if c.name in rows[0]]
         names = ", ".join(f'"{c.name}"' for c in cols)
-        arrays = ", ".join(f"%(a{i})b::{_pg_type(c)}[]" for i, c in enumerate(cols))
+        types = [_pg_type(c) for c in cols]
+        binary = [i for i, kind in enumerate(types) if kind == "bytea"]
+        values = ", ".join(
+            f"decode(r->>{i}, 'hex')" if kind == "bytea" else f"(r->>{i})::{kind}"
+            for i, kind in enumerate(types)
+        )
+        get = itemgetter(*(c.name for c in cols))
+        data = [list(get(r)) for r in rows] if len(cols) > 1 else [[get(r)] for r in rows]
+        for row in data if binary else ():
+            for i in binary:
+                if row[i] is not None:
+                    row[i] = row[i].hex()
         conn.exec_driver_sql(
-            f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays})',
-            {f"a{i}": [r[c.name] for r in rows] for i, c in enumerate(cols)},
+            f'INSERT INTO "{table.name}" ({names})'
+            f" SELECT {values} FROM jsonb_array_elements(%(rows)s::jsonb) AS r",
+            {"rows": json.dumps(data, ensure_ascii=False, separators=(",", ":"))},
         )
 
     # -- ingest ----------------------------------------------------------------------------
@@ -430,7 +445,7 @@ class ServerStore:
                     )
                 )
             }
-            results: list[EventResult] = []
+            results: list[dict[str, Any]] = []  # built once, as EventResult, at the end
             new_chain: list[dict[str, Any]] = []
             new_events: list[dict[str, Any]] = []
             conflicts: list[dict[str, Any]] = []
@@ -455,7 +470,7 @@ class ServerStore:
             for ev in evs:
                 digest = bytes.fromhex(ev.hash)
                 if digest in slots.get(ev.seq, ()):
-                    results.append(EventResult(id=ev.id, seq=ev.seq, status=Status.DUPLICATE))
+                    results.append({"id": ev.id, "seq": ev.seq, "status": Status.DUPLICATE})
                     continue
                 prev = bytes.fromhex(ev.prev_hash)
                 if ev.seq > head_seq + 1:
@@ -495,14 +510,14 @@ class ServerStore:
                         slot.update(status="superseded", body=ev.model_dump_json())
                         superseded_here[ev.id] = ev.payload
                         results.append(
-                            EventResult(
-                                id=ev.id,
-                                seq=ev.seq,
-                                status=Status.DUPLICATE,
-                                reason="expiry_decided_elsewhere",
-                                message="another till expired this lot first; its amount counts",
-                                winner_payload=prior.payload,
-                            )
+                            {
+                                "id": ev.id,
+                                "seq": ev.seq,
+                                "status": Status.DUPLICATE,
+                                "reason": "expiry_decided_elsewhere",
+                                "message": "another till expired this lot first; its amount counts",
+                                "winner_payload": prior.payload,
+                            }
                         )
                     else:
                         slot.update(status="conflict", body=ev.model_dump_json())
@@ -512,23 +527,23 @@ class ServerStore:
                         )
                         conflict(ev, "id_reused", message)
                         results.append(
-                            EventResult(
-                                id=ev.id,
-                                seq=ev.seq,
-                                status=Status.CONFLICT,
-                                reason="id_reused",
-                                message=message,
-                            )
+                            {
+                                "id": ev.id,
+                                "seq": ev.seq,
+                                "status": Status.CONFLICT,
+                                "reason": "id_reused",
+                                "message": message,
+                            }
                         )
                 elif self._is_reconciliation(conn, t, ev, superseded_here, known, parsed[ev.seq]):
                     slot.update(status="local_only", body=ev.model_dump_json())
                     results.append(
-                        EventResult(
-                            id=ev.id,
-                            seq=ev.seq,
-                            status=Status.ACCEPTED,
-                            reason="local_only",
-                        )
+                        {
+                            "id": ev.id,
+                            "seq": ev.seq,
+                            "status": Status.ACCEPTED,
+                            "reason": "local_only",
+                        }
                     )
                 elif ev.seq in taken_seqs:
                     slot.update(status="conflict", body=ev.model_dump_json())
@@ -538,13 +553,13 @@ class ServerStore:
                     )
                     conflict(ev, "seq_reused_after_restore", message)
                     results.append(
-                        EventResult(
-                            id=ev.id,
-                            seq=ev.seq,
-                            status=Status.CONFLICT,
-                            reason="seq_reused_after_restore",
-                            message=message,
-                        )
+                        {
+                            "id": ev.id,
+                            "seq": ev.seq,
+                            "status": Status.CONFLICT,
+                            "reason": "seq_reused_after_restore",
+                            "message": message,
+                        }
                     )
                 else:
                     new_events.append(
@@ -565,7 +580,7 @@ class ServerStore:
                         }
                     )
                     known[ev.id] = _Known(ev.id, digest, ev.payload)
-                    results.append(EventResult(id=ev.id, seq=ev.seq, status=Status.ACCEPTED))
+                    results.append({"id": ev.id, "seq": ev.seq, "status": Status.ACCEPTED})
                 new_chain.append(slot)
             if new_chain:
                 last = conn.execute(
@@ -589,30 +604,24 @@ class ServerStore:
                     # After the merchant row lock above: coupon uses of concurrent pushes of
                     # the merchant are decided in commit order ("first ingested wins").
                     reused = self._coupon_uses(conn, m, new_events, received, conflicts)
-                results = [
-                    r.model_copy(
-                        update={
-                            "server_seq": by_id.get(r.id),
-                            **(
-                                {"reason": COUPON_REUSED, "message": reused[r.id]}
-                                if r.id in reused
-                                else {}
-                            ),
-                        }
-                    )
-                    if r.status is Status.ACCEPTED and r.reason is None
-                    else r
-                    for r in results
-                ]
+                for r in results:
+                    if r["status"] is Status.ACCEPTED and r.get("reason") is None:
+                        r["server_seq"] = by_id.get(r["id"])
+                        if r["id"] in reused:
+                            r["reason"], r["message"] = COUPON_REUSED, reused[r["id"]]
                 conn.execute(
                     update(schema.terminals)
                     .where(schema.terminals.c.id == t)
                     .values(epoch=epoch, head_seq=head_seq, head_hash=head_hash)
                 )
             self._insert_rows(conn, schema.conflicts, conflicts)
-            results = self._flag_resent(conn, m, results)
-        return PushResponse(
-            results=results, head=ChainHead(epoch=epoch, seq=head_seq, hash=head_hash.hex())
+            self._flag_resent(conn, m, results)
+        # Built (and validated) once, in one pass over the whole answer.
+        return PushResponse.model_validate(
+            {
+                "results": results,
+                "head": {"epoch": epoch, "seq": head_seq, "hash": head_hash.hex()},
+            }
         )
 
     def _coupon_uses(
@@ -682,14 +691,16 @@ class ServerStore:
         return reused
 
     def _flag_resent(
-        self, conn: Connection, merchant_id: str, results: list[EventResult]
-    ) -> list[EventResult]:
+        self, conn: Connection, merchant_id: str, results: list[dict[str, Any]]
+    ) -> None:
         """A resend of an event flagged ``coupon_reused`` (its first answer was lost) is
         answered with the flag again, so the till records the conflict exactly as if the
-        first answer had arrived."""
-        dups = [r.id for r in results if r.status is Status.DUPLICATE and r.reason is None]
+        first answer had arrived. (Updates ``results`` in place.)"""
+        dups = [
+            r["id"] for r in results if r["status"] is Status.DUPLICATE and r.get("reason") is None
+        ]
         if not dups:
-            return results
+            return
         c = schema.conflicts
         flagged: dict[str, str] = {}
         for chunk in self._chunked(dups):
@@ -701,14 +712,9 @@ class ServerStore:
                 )
             ):
                 flagged.setdefault(row.event_id, row.message)
-        if not flagged:
-            return results
-        return [
-            r.model_copy(update={"reason": COUPON_REUSED, "message": flagged[r.id]})
-            if r.status is Status.DUPLICATE and r.id in flagged
-            else r
-            for r in results
-        ]
+        for r in results:
+            if r["status"] is Status.DUPLICATE and r["id"] in flagged:
+                r["reason"], r["message"] = COUPON_REUSED, flagged[r["id"]]
 
     def _is_reconciliation(
         self,
