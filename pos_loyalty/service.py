@@ -786,17 +786,10 @@ class Service:
                 # Expiries due by now are recorded first, as a commit would; points of this
                 # sale that already expired are not taken back a second time.
                 new_events = self._expiries_to_record(tx, tx.state(customer_id), when)
+                recording = {e.id: e for e in new_events}
                 for program in self.programs.points:
-                    gone = tx.event(expiry_event_id(lot_id(sale.id, program.id)))
-                    if gone is None:
-                        gone = next(
-                            (
-                                e
-                                for e in new_events
-                                if e.id == expiry_event_id(lot_id(sale.id, program.id))
-                            ),
-                            None,
-                        )
+                    expiry_id = expiry_event_id(lot_id(sale.id, program.id))
+                    gone = recording.get(expiry_id) or tx.event(expiry_id)
                     if gone is not None:
                         expired[program.id] = -sum(p.delta for p in gone.postings)
             lines = [

@@ -220,8 +220,6 @@ def check_wallet(basket: Basket, state: CustomerState | None, programs: ProgramS
                 "duplicate_redemption", f"The wallet {payment.program!r} is used twice."
             )
         seen.add(payment.program)
-        if payment.amount <= 0:
-            raise DomainError("invalid_amount", "A wallet payment must be a positive amount.")
         if state is None:
             raise DomainError("card_required", "Paying from a wallet needs a customer card.")
         available = state.wallet(wallet.id)

@@ -219,8 +219,6 @@ def _check_redemptions(
                 "duplicate_redemption", f"The program {redemption.program!r} is redeemed twice."
             )
         seen.add(redemption.program)
-        if redemption.points <= 0:
-            raise DomainError("invalid_points", "Points to redeem must be a positive integer.")
         if state is None:
             raise DomainError("card_required", "Paying with points needs a customer card.")
         available = state.account(program.id).spendable(at) if program.id in state.points else 0
