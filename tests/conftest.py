@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+import pos_loyalty.ledger.store as ledger_store
 from pos_loyalty.api import create_app
 from pos_loyalty.bootstrap import open_service
 from pos_loyalty.config import Settings, load_settings
 from pos_loyalty.service import Service
+
+# Every customer state served from the ledger's state cache is compared with the one read
+# from the projection tables, in this process and in the processes tests start.
+os.environ["POS_LOYALTY_CHECK_STATE_CACHE"] = "1"
+ledger_store.CHECK_STATE_CACHE = True
 
 
 @pytest.fixture

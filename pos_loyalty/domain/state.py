@@ -8,7 +8,7 @@ holds points. So at every moment ``sum(lot.remaining) == max(balance, 0)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from .events import LOT_UNITS, Event, Posting, Unit
@@ -17,9 +17,13 @@ from .ids import lot_id
 _FAR_FUTURE = datetime.max.replace(year=9999)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Lot:
-    """Points credited by one event to one program, and how many of them are left."""
+    """Points credited by one event to one program, and how many of them are left.
+
+    Immutable: a change replaces the lot in its account, so copying a state copies the lot
+    dicts shallowly (a regular customer holds hundreds of lots and every commit copies).
+    """
 
     lot_id: str
     earned_at: datetime
@@ -42,8 +46,9 @@ class PointsAccount:
         kept = max(0, min(amount, self.balance + amount))  # repay debt first
         self.balance += amount
         if kept > 0:
-            if lot in self.lots:  # a second credit of the same event (welcome + referral)
-                self.lots[lot].remaining += kept
+            known = self.lots.get(lot)
+            if known is not None:  # a second credit of the same event (welcome + referral)
+                self.lots[lot] = replace(known, remaining=known.remaining + kept)
             else:
                 self.lots[lot] = Lot(lot, at, expires_at, kept)
 
@@ -58,10 +63,11 @@ class PointsAccount:
             if left == 0:
                 break
             take = min(lot.remaining, left)
-            lot.remaining -= take
             left -= take
-            if lot.remaining == 0:
+            if lot.remaining == take:
                 del self.lots[lot.lot_id]
+            else:
+                self.lots[lot.lot_id] = replace(lot, remaining=lot.remaining - take)
 
     def due(self, at: datetime) -> list[Lot]:
         """Lots with points left whose expiry is at or before ``at``, soonest first."""
@@ -137,14 +143,11 @@ class CustomerState:
 
     def copy(self) -> CustomerState:
         """An independent copy. Written out rather than ``copy.deepcopy``: it runs on every
-        commit over all of a customer's lots, and the generic deep copy was most of the cost."""
+        commit over all of a customer's lots. Lots are immutable, so their dicts are copied
+        shallowly."""
 
         def account(acc: PointsAccount) -> PointsAccount:
-            lots = {
-                key: Lot(lot.lot_id, lot.earned_at, lot.expires_at, lot.remaining)
-                for key, lot in acc.lots.items()
-            }
-            return PointsAccount(acc.balance, lots)
+            return PointsAccount(acc.balance, dict(acc.lots))
 
         return CustomerState(
             self.customer_id,

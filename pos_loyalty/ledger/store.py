@@ -9,7 +9,10 @@ before the caller answers (DESIGN invariant 5).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -59,6 +62,7 @@ _CUSTOMER = "SELECT customer_id, enrolled_at, profile FROM customers WHERE custo
 _RECEIPT = "SELECT key, event_id, request_hash, refunded, response FROM receipts WHERE key = ?"
 _HAS_EVENT = "SELECT 1 FROM events WHERE id = ?"
 _HEAD = "SELECT seq, hash FROM heads WHERE terminal_id = ?"
+_NEWEST_POS = "SELECT max(pos) FROM events WHERE customer_id = ?"  # ix_events_customer
 _INSERT_EVENT = (
     "INSERT INTO events (id, terminal_id, seq, kind, at, customer_id, key, payload, "
     "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -75,6 +79,58 @@ class Receipt:
     request_hash: str
     refunded: dict[int, int]
     response: dict[str, Any]
+
+
+# Tests set this so that every state served from the cache is compared with the one read
+# from the projection tables (a mismatch raises): the whole suite then checks the cache.
+CHECK_STATE_CACHE = os.environ.get("POS_LOYALTY_CHECK_STATE_CACHE") == "1"
+
+
+class StateCache:
+    """Customer states as of their newest event, so a sale need not re-read every lot.
+
+    A regular customer holds hundreds of lots (one per earning sale until it expires); reading
+    and parsing them on every quote and commit was most of a commit's cost. An entry is keyed
+    by customer id and valid only for the position (``events.pos``) of that customer's newest
+    event: any event for the customer, appended by this process, another thread or the sync
+    process, changes that position, and the next read misses and reloads from the tables.
+    States read in a write transaction, or written by it, enter the cache only after it
+    commits (a rolled-back position can be reused). Entries are never handed out: callers get
+    copies (cheap: lots are immutable, so only the dicts are copied).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[int | None, CustomerState]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, customer_id: str, version: int | None) -> CustomerState | None:
+        with self._lock:
+            entry = self._entries.get(customer_id)
+            if entry is None or entry[0] != version:
+                return None
+            self._entries.move_to_end(customer_id)
+            return entry[1]
+
+    def put(self, customer_id: str, version: int | None, state: CustomerState) -> None:
+        with self._lock:
+            self._entries[customer_id] = (version, state)
+            self._entries.move_to_end(customer_id)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def _state_fingerprint(state: CustomerState) -> tuple[Any, ...]:
+    lots = sorted(
+        (lot.lot_id, lot.earned_at, lot.expires_at, lot.remaining)
+        for account in state.all_accounts().values()
+        for lot in account.lots.values()
+    )
+    return state.customer_id, sorted(state.balances().items()), lots
 
 
 def make_engine(path: Path) -> Engine:
@@ -119,6 +175,7 @@ class Ledger:
         self.terminal_id = terminal_id
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(self.path)
+        self.states = StateCache()
         try:
             migrate(self.engine)
         except (DatabaseError, OperationalError, sqlite3.Error) as exc:
@@ -133,7 +190,11 @@ class Ledger:
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self.engine.begin() as conn:
-            yield Tx(conn, self.terminal_id)
+            tx = Tx(conn, self.terminal_id, self.states, writer=True)
+            yield tx
+        # Committed: what the transaction read or wrote is now what the tables hold.
+        for customer_id, (version, state) in tx.pending_states.items():
+            self.states.put(customer_id, version, state)
 
     @contextmanager
     def reader(self) -> Iterator[Tx]:
@@ -141,7 +202,7 @@ class Ledger:
             conn.execution_options(read_only=True)
             with conn.begin() as trans:
                 try:
-                    yield Tx(conn, self.terminal_id)
+                    yield Tx(conn, self.terminal_id, self.states)
                 finally:
                     trans.rollback()
 
@@ -149,14 +210,46 @@ class Ledger:
 class Tx:
     """Reads and appends inside one transaction."""
 
-    def __init__(self, conn: Connection, terminal_id: str) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        terminal_id: str,
+        states: StateCache | None = None,
+        *,
+        writer: bool = False,
+    ) -> None:
         self.conn = conn
         self.terminal_id = terminal_id
         self.raw = raw_connection(conn)
+        self.states = states if states is not None else StateCache(0)
+        self.writer = writer
+        # States this (write) transaction read or produced, by customer: (version, state).
+        self.pending_states: dict[str, tuple[int | None, CustomerState]] = {}
 
     # -- reads ----------------------------------------------------------------------------
     def state(self, customer_id: str) -> CustomerState:
-        return load_state(self.conn, customer_id)
+        """The customer's folded state (a copy the caller may change)."""
+        version = self.raw.execute(_NEWEST_POS, (customer_id,)).fetchone()[0]
+        pending = self.pending_states.get(customer_id)
+        known = (
+            pending[1]
+            if pending is not None and pending[0] == version
+            else self.states.get(customer_id, version)
+        )
+        if known is not None:
+            if CHECK_STATE_CACHE:
+                stored = load_state(self.conn, customer_id)
+                if _state_fingerprint(stored) != _state_fingerprint(known):
+                    raise LedgerError(
+                        f"state cache of customer {customer_id} differs from the ledger"
+                    )
+            return known.copy()
+        state = load_state(self.conn, customer_id)
+        if self.writer:
+            self.pending_states[customer_id] = (version, state.copy())
+        else:
+            self.states.put(customer_id, version, state.copy())
+        return state
 
     def card(self, code: str) -> CardRow | None:
         row = self.raw.execute(_CARD, (code,)).fetchone()
@@ -240,13 +333,14 @@ class Tx:
         seq, prev = self.head()
         stored: list[Event] = []
         states: dict[str, tuple[CustomerState, CustomerState]] = {}
+        newest: dict[str, int] = {}  # customer -> position of their newest event appended
         for ev in events:
             if ev.terminal_id != self.terminal_id:
                 raise ValueError("a till appends only its own events")
             seq += 1
             ev = replace(ev, seq=seq)
             digest = chain_hash(prev, ev)
-            self.raw.execute(
+            cursor = self.raw.execute(
                 _INSERT_EVENT,
                 (
                     ev.id,
@@ -262,6 +356,8 @@ class Tx:
                 ),
             )
             prev = digest
+            if ev.customer_id is not None and cursor.lastrowid is not None:
+                newest[ev.customer_id] = cursor.lastrowid
             apply_side_tables(self.conn, ev)
             if ev.customer_id is not None and ev.postings:
                 if ev.customer_id not in states:
@@ -272,8 +368,12 @@ class Tx:
                     states[ev.customer_id] = (before, before.copy())
                 states[ev.customer_id][1].apply(ev)
             stored.append(ev)
-        for before, after in states.values():
+        for customer_id, (before, after) in states.items():
             store_state(self.conn, before, after)
+            self.pending_states[customer_id] = (newest[customer_id], after)
+        for customer_id in newest.keys() - states.keys():
+            self.pending_states.pop(customer_id, None)  # not folded here: reload next time
+
         if stored:
             self._set_head(seq, prev)
         return stored
