@@ -40,6 +40,8 @@ from _common import (
 
 from pos_loyalty.domain.basket import Basket
 from pos_loyalty.domain.ids import uuid7
+from pos_loyalty.ledger.codec import id_key
+from pos_loyalty.ledger.projections import lot_row
 from pos_loyalty.ledger.store import Ledger
 from pos_loyalty.service import Profile, SaleRequest, Service
 
@@ -84,7 +86,7 @@ class ServiceSale:
 class BareSale:
     """The same rows written with plain sqlite3, in one durable transaction."""
 
-    def __init__(self, path: Path, payload: str, response: str, customer_id: str) -> None:
+    def __init__(self, path: Path, payload: bytes, response: bytes, customer_id: str) -> None:
         Ledger(path, "till-1").close()  # the real schema, by the real migration
         self.conn = durable_connection(path)
         self.payload = payload
@@ -105,7 +107,7 @@ class BareSale:
     def run(self) -> float:
         self.seq += 1
         event_id = uuid7()
-        digest = hashlib.sha256(self.prev + self.payload.encode()).digest()
+        digest = hashlib.sha256(self.prev + self.payload).digest()
         start = time.perf_counter()
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
@@ -124,9 +126,8 @@ class BareSale:
             ),
         )
         c.execute(
-            "INSERT INTO receipts (key, event_id, request_hash, refunded, response)"
-            " VALUES (?, ?, ?, '{}', ?)",
-            (f"sale:bare-{self.seq}", event_id, digest.hex(), self.response),
+            "INSERT INTO receipts (key, event_id, refunded, response) VALUES (?, ?, '{}', ?)",
+            (f"sale:bare-{self.seq}", id_key(event_id), self.response),
         )
         c.execute(
             "UPDATE balances SET balance = balance + 12"
@@ -139,13 +140,15 @@ class BareSale:
             (self.customer_id,),
         )
         c.execute(
-            "INSERT INTO lots (lot_id, customer_id, program, earned_at, expires_at, remaining)"
-            " VALUES (?, ?, 'points', ?, ?, 12)",
-            (
+            "INSERT INTO lots (customer_id, program, lot, earned_at, expires_at, remaining)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            lot_row(
                 f"{event_id}/points",
                 self.customer_id,
+                "points",
                 "2026-01-01T12:00:00+00:00",
                 "2027-01-01T12:00:00+00:00",
+                12,
             ),
         )
         c.execute(
@@ -160,17 +163,18 @@ class BareSale:
         self.conn.close()
 
 
-def last_sale_rows(ledger_file: Path) -> tuple[str, str]:
-    """The payload and cached response of the newest sale in a ledger file."""
+def last_sale_rows(ledger_file: Path) -> tuple[bytes, bytes]:
+    """The stored payload and cached response of the newest sale in a ledger file."""
     conn = sqlite3.connect(ledger_file)
     try:
         payload, response = conn.execute(
-            "SELECT e.payload, r.response FROM events e JOIN receipts r ON r.event_id = e.id"
+            "SELECT e.payload, r.response FROM events e JOIN receipts r"
+            " ON r.key = 'sale:' || e.key"
             " WHERE e.kind = 'sale.committed' ORDER BY e.pos DESC LIMIT 1"
         ).fetchone()
     finally:
         conn.close()
-    return str(payload), str(response)
+    return bytes(payload), bytes(response)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ The ledger is generated, not replayed through the service (that would take hours
 is created by opening ``pos_loyalty.ledger.store.Ledger`` (so Alembic makes the real schema),
 then filled with plain ``sqlite3`` ``executemany`` in large transactions, with
 ``synchronous=OFF`` and ``journal_mode=OFF`` during the build only (the file is put back in
-WAL mode at the end) and the three secondary indexes dropped and re-created afterwards from
+WAL mode at the end) and the two secondary indexes dropped and re-created afterwards from
 their own stored SQL.
 
 The rows are the real thing, made by the real code: every customer has a
@@ -12,7 +12,9 @@ The rows are the real thing, made by the real code: every customer has a
 event; the remaining events are ``sale.committed`` events of 1-3 lines from a small café
 menu, for random already-enrolled customers, quoted by ``pos_loyalty.domain.engine.quote``
 against the customer's folded state (so coffee-card rewards happen when due), encoded by
-``pos_loyalty.ledger.codec.payload_of`` and chained by ``codec.chain_hash``. The projections
+``pos_loyalty.ledger.codec.payload_of`` and chained by ``codec.chain_hash``, stored by
+``codec.encode_payload`` (with the built-in dictionary: none is trained here); lots and
+receipts in their stored forms (``projections.lot_row``, ``codec.id_key``). The projections
 (customers, cards, balances, lots, receipts, heads) are written from the folded states, so
 ``--verify`` (``pos_loyalty.ledger.verify``; small sizes only, it holds every event in
 memory) passes. Shortcuts: a sale's ``request_hash`` is a hash of its receipt id and its
@@ -20,7 +22,7 @@ cached ``receipts.response`` is ``{}``; events span the last 330 days, so nothin
 at build time.
 
 The built file is cached under ``--db`` (default ``bench/.data/lookup-<N>-<M>.sqlite``) with a
-``.meta.json`` beside it; a re-run with the same sizes skips the build.
+``.meta.json`` beside it; a re-run with the same sizes (and stored format) skips the build.
 
     python bench/lookup_latency.py [--customers 1000000] [--events 10000000] [--lookups 5000]
 """
@@ -49,7 +51,15 @@ from pos_loyalty.domain.events import Event, Kind, Posting, Unit
 from pos_loyalty.domain.ids import uuid7
 from pos_loyalty.domain.programs import PointsProgram, ProgramSet
 from pos_loyalty.domain.state import CustomerState
-from pos_loyalty.ledger.codec import GENESIS, chain_hash, payload_of
+from pos_loyalty.ledger.codec import (
+    GENESIS,
+    chain_hash,
+    encode_payload,
+    id_key,
+    pack_response,
+    payload_of,
+)
+from pos_loyalty.ledger.projections import lot_row
 from pos_loyalty.ledger.store import Ledger
 from pos_loyalty.service import Service
 
@@ -59,8 +69,10 @@ SPAN = timedelta(days=330)
 BATCH = 50_000  # rows per executemany
 TARGET_MEDIAN_MS = 0.3
 TARGET_P99_MS = 2.0
-SECONDARY_INDEXES = ("ix_events_customer", "ix_cards_customer", "ix_lots_customer")
+SECONDARY_INDEXES = ("ix_events_customer", "ix_cards_customer")
 
+FORMAT = "0005_compact"  # stored forms of the rows written here (a file of another is rebuilt)
+EMPTY_ANSWER = pack_response({})  # the shortcut: no cached answer worth the name
 EVENT_SQL = (
     "INSERT INTO events (id, terminal_id, seq, kind, at, customer_id, key, payload, prev_hash,"
     " hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -128,7 +140,7 @@ class Builder:
                 ev.at.isoformat(),
                 ev.customer_id,
                 ev.key,
-                payload_of(ev),
+                encode_payload(payload_of(ev)),  # the built-in dictionary: nothing trained
                 self.prev,
                 digest,
             )
@@ -210,7 +222,7 @@ class Builder:
                 },
             )
         )
-        self.receipt_rows.append((f"sale:{receipt_id}", event_id, request_hash, "{}", "{}"))
+        self.receipt_rows.append((f"sale:{receipt_id}", id_key(event_id), "{}", EMPTY_ANSWER))
 
     def run(self, customers: int, events: int, start: datetime, progress: bool) -> None:
         step = SPAN / events
@@ -252,8 +264,7 @@ class Builder:
             self.card_rows,
         )
         c.executemany(
-            "INSERT INTO receipts (key, event_id, request_hash, refunded, response)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO receipts (key, event_id, refunded, response) VALUES (?, ?, ?, ?)",
             self.receipt_rows,
         )
         for rows in (self.event_rows, self.customer_rows, self.card_rows, self.receipt_rows):
@@ -273,12 +284,12 @@ class Builder:
             for program, account in accounts.items():
                 for lot in account.lots.values():
                     lot_rows.append(
-                        (
+                        lot_row(
                             lot.lot_id,
                             state.customer_id,
                             program,
-                            lot.earned_at.isoformat(),
-                            lot.expires_at.isoformat() if lot.expires_at else None,
+                            lot.earned_at,
+                            lot.expires_at,
                             lot.remaining,
                         )
                     )
@@ -298,7 +309,7 @@ class Builder:
             balances,
         )
         self.conn.executemany(
-            "INSERT INTO lots (lot_id, customer_id, program, earned_at, expires_at, remaining)"
+            "INSERT INTO lots (customer_id, program, lot, earned_at, expires_at, remaining)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             lots,
         )
@@ -347,6 +358,7 @@ def build(db: Path, customers: int, events: int, seed: int, progress: bool) -> f
                 "customers": customers,
                 "events": events,
                 "seed": seed,
+                "format": FORMAT,
                 "chain": "computed with pos_loyalty.ledger.codec.chain_hash",
                 "build_seconds": round(seconds, 1),
                 "built_at": datetime.now(UTC).isoformat(),
@@ -362,7 +374,11 @@ def cached(db: Path, customers: int, events: int) -> bool:
     if not db.exists() or not meta.exists():
         return False
     info = json.loads(meta.read_text())
-    return bool(info.get("customers") == customers and info.get("events") == events)
+    return bool(
+        info.get("customers") == customers
+        and info.get("events") == events
+        and info.get("format") == FORMAT
+    )
 
 
 def sample_codes(db: Path, k: int, seed: int) -> list[str]:
@@ -396,7 +412,8 @@ def bare_lookups(
             customer_id = card[1]
             conn.execute("SELECT * FROM customers WHERE customer_id = ?", (customer_id,)).fetchone()
             conn.execute("SELECT * FROM balances WHERE customer_id = ?", (customer_id,)).fetchall()
-            conn.execute("SELECT * FROM lots WHERE customer_id = ?", (customer_id,)).fetchall()
+            lots_key = id_key(customer_id)  # lots hold ids as 16 bytes (codec, 0005_compact)
+            conn.execute("SELECT * FROM lots WHERE customer_id = ?", (lots_key,)).fetchall()
             conn.execute("COMMIT")
 
     for code in warm:

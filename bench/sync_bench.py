@@ -8,9 +8,12 @@
    card + one sale each) (target <= 5 s for 100,000).
 
 Starts its own PostgreSQL (Debian binaries, temporary directory, loopback, fsync on) unless
-``--pg URL`` is given. Usage::
+``--pg URL`` is given. The ingest/catch-up runs (``--runs``, each with a new till) go to a
+``pos-loyalty server`` process, as in production (``--in-process``: a server thread in this
+process, which shares the interpreter lock with the till). Usage::
 
-    .venv/bin/python bench/sync_bench.py [--events 10000] [--customers 100000] [--pg URL]
+    .venv/bin/python bench/sync_bench.py [--events 10000] [--runs 3] [--customers 100000]
+        [--pg URL] [--in-process]
 """
 
 from __future__ import annotations
@@ -100,6 +103,39 @@ class Server:
         self.thread.join(10)
 
 
+class ServerProcess:
+    """The central server as it runs in production: its own process (``pos-loyalty
+    server --db URL --port N``), so that the till's work and the server's do not share one
+    interpreter (and its GIL) as they would with the in-thread ``Server``."""
+
+    def __init__(self, url: str, root: Path) -> None:
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        repo = Path(__file__).resolve().parent.parent
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pos_loyalty.cli", "--data-dir", str(root / "server")]
+            + ["server", "--db", url, "--port", str(self.port)],
+            cwd=repo,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server process did not start")
+            try:
+                if httpx.get(self.url + "/v1/sync/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def fill_till(ledger: Ledger, n: int, customers: int = 1000) -> None:
     at = datetime.now(UTC)
     ids = [uuid7() for _ in range(customers)]
@@ -120,7 +156,9 @@ def fill_till(ledger: Ledger, n: int, customers: int = 1000) -> None:
         )
 
 
-def paired_till(store: ServerStore, server: Server, root: Path, terminal: str) -> Replica:
+def paired_till(
+    store: ServerStore, server: Server | ServerProcess, root: Path, terminal: str
+) -> Replica:
     ledger = Ledger(root / f"{terminal}.sqlite", terminal)
     replica = Replica(ledger)
     token = store.create_pairing_token(terminal, "bench", "bench-store")
@@ -128,10 +166,12 @@ def paired_till(store: ServerStore, server: Server, root: Path, terminal: str) -
     return replica
 
 
-def bench_ingest(store: ServerStore, server: Server, root: Path, n: int, pg_dsn: str) -> None:
+def bench_ingest(
+    store: ServerStore, server: Server | ServerProcess, root: Path, n: int, pg_dsn: str, run: int
+) -> None:
     import psycopg
 
-    replica = paired_till(store, server, root, "ingest-till")
+    replica = paired_till(store, server, root, f"ingest-till-{run}")
     fill_till(replica.ledger, n)
     creds = replica.credentials()
     assert creds is not None
@@ -257,6 +297,12 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--pg", help="PostgreSQL URL (default: start a private server)")
+    parser.add_argument("--runs", type=int, default=3, help="ingest runs (each a new till)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="ingest into the server in a thread of this process (default: its own process)",
+    )
     args = parser.parse_args()
     pg = None if args.pg else Postgres()
     url = args.pg or pg.url()  # type: ignore[union-attr]
@@ -265,7 +311,15 @@ def main() -> int:
     server = Server(store)
     try:
         dsn = url.replace("postgresql+psycopg://", "postgresql://")
-        bench_ingest(store, server, root, args.events, dsn)
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        ingest_server = server if args.in_process else ServerProcess(url, root)
+        try:
+            for run in range(args.runs):
+                bench_ingest(store, ingest_server, root, args.events, dsn, run)
+        finally:
+            if ingest_server is not server:
+                ingest_server.stop()
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         if args.customers:
             bench_bootstrap(store, server, root, args.customers)
     finally:

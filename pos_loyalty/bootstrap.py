@@ -22,7 +22,27 @@ def ledger_path(settings: Settings) -> Path:
 
 
 def open_service(settings: Settings) -> Service:
-    return Service(settings, Ledger(ledger_path(settings), settings.terminal_id))
+    """The till's service. A program configuration the central server distributed, stored
+    in the data directory for the merchant this till is paired with, replaces the
+    [[programs]] of the till's own file (``pos_loyalty.server_programs``)."""
+    from pos_loyalty.ledger.replication import Replica
+    from pos_loyalty.server_programs import FILE_NAME, load_stored
+
+    service = Service(settings, Ledger(ledger_path(settings), settings.terminal_id))
+    if (settings.data_dir / FILE_NAME).exists():
+        credentials = Replica(service.ledger).credentials()
+        stored = load_stored(settings, credentials.merchant_id if credentials else None)
+        if stored is not None:
+            service.use_programs(stored.programs, stored.version)
+    return service
+
+
+def _apply_programs(service: Service) -> Callable[[Any], None]:
+    def apply(stored: Any) -> None:
+        if service.use_programs(stored.programs, stored.version):
+            log.info("now selling with program configuration v%d", stored.version)
+
+    return apply
 
 
 @dataclass
@@ -52,22 +72,35 @@ def start_embedded_sync(service: Service) -> EmbeddedSync:
         note = "sync not configured"
         return EmbeddedSync(_offline_status(note), lambda: None, note)
     from pos_loyalty.ledger.replication import Replica
+    from pos_loyalty.server_programs import Follower, ServerPrograms
     from sync.daemon import AlreadyRunning, SyncWorker
 
     credentials = Replica(service.ledger).credentials()
     if credentials is None:
         note = "not paired: run `pos-loyalty pair --server URL --token T`"
         return EmbeddedSync(_offline_status(note), lambda: None, note)
+    programs = ServerPrograms(settings)
+    programs.subscribe(_apply_programs(service))
     worker = SyncWorker(
         service.ledger,
         credentials,
         data_dir=settings.data_dir,
         interval=float(settings.sync.interval_seconds),
+        programs=programs,
+        region_only=settings.sync.region_only,
     )
     try:
         worker.start_thread()
     except AlreadyRunning:
+        # The other process stores the server's program configuration; follow its file.
+        follower = Follower(
+            settings,
+            _apply_programs(service),
+            merchant_id=credentials.merchant_id,
+            interval=min(float(settings.sync.interval_seconds), 30.0),
+        )
+        follower.start()
         note = "a separate `pos-loyalty sync` process syncs this ledger"
-        return EmbeddedSync(_offline_status(note), lambda: None, note)
+        return EmbeddedSync(_offline_status(note), follower.stop, note)
     service.online = worker.online
     return EmbeddedSync(worker.status, worker.stop, f"syncing with {credentials.server_url}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -62,6 +62,7 @@ __all__ = [
     "Settings",
     "SyncConfig",
     "embedded_default_text",
+    "load_programs_text",
     "load_settings",
     "EMBEDDED_SOURCE",
     "READER_KINDS",
@@ -114,6 +115,8 @@ class SyncConfig:
     server_url: str | None
     enabled: bool
     interval_seconds: int
+    # Hold only the customers whose home store is in this till's store's region (sync).
+    region_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,7 @@ class _Sync(_Section):
     enabled: Flag = False
     server_url: OptionalUrl = ""
     interval_seconds: PosInt = 30
+    region_only: Flag = False
 
 
 class _Guards(_Section):
@@ -803,9 +807,70 @@ def load_settings(path: Path | None = None, *, data_dir: Path | None = None) -> 
             server_url=model.sync.server_url or None,
             enabled=model.sync.enabled,
             interval_seconds=model.sync.interval_seconds,
+            region_only=model.sync.region_only,
         ),
         programs=programs,
         source=file,
         coupon_key_file=key_file,
         coupon_trusted_keys=tuple(model.coupons.trusted_keys),
     )
+
+
+# --------------------------------------------------------------------------- program files
+
+
+class _ProgramFile(_Section):
+    """A program configuration on its own, as the central server distributes it."""
+
+    currency: Currency | None = None
+    guards: _Guards | None = None
+    nudges: _NudgesSection | None = None
+    programs: list[Any] = Field(default_factory=list)
+
+
+PROGRAM_FILE_KEYS = ("programs", "guards", "nudges", "currency")
+
+
+def load_programs_text(
+    text: str, file: str, *, currency: str | None = None, defaults: ProgramSet | None = None
+) -> ProgramSet:
+    """Check a stand-alone program configuration and build its program set.
+
+    The text holds ``[[programs]]`` tables (at least one) and optionally ``[guards]``,
+    ``[nudges]`` and a top-level ``currency``; nothing else (a till's own settings — terminal,
+    readers, ports — never come from there). Each program is checked exactly as the
+    ``[[programs]]`` of a till's configuration file (same code, same messages).
+
+    ``currency``: the till's ``shop.currency``; a file naming another currency is refused.
+    ``None`` (the operator's check on the server) accepts any. ``defaults``: the till's own
+    program set, whose ``max_discount_bp`` and nudges apply when the file has no ``[guards]``
+    or ``[nudges]``. Raises ConfigError (one line: file, key, problem).
+    """
+    raw = _parse(text, file)
+    for key in raw:
+        if key not in PROGRAM_FILE_KEYS:
+            raise ConfigError(
+                file,
+                key,
+                "unknown key: a program configuration holds only [[programs]], [guards], "
+                "[nudges] and currency",
+            )
+    try:
+        model = _ProgramFile.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(file, exc) from None
+    if not model.programs:
+        raise ConfigError(file, "programs", "needs at least one [[programs]] table")
+    if currency is not None and model.currency is not None and model.currency != currency:
+        raise ConfigError(
+            file, "currency", f"is {model.currency!r} but this till's shop.currency is {currency!r}"
+        )
+    built = _build_programs(file, model.programs, currency or model.currency or "XXX")
+    max_discount_bp = defaults.max_discount_bp if defaults is not None else built.max_discount_bp
+    nudges = defaults.nudges if defaults is not None else built.nudges
+    if model.guards is not None:
+        max_discount_bp = model.guards.max_discount_bp
+    if model.nudges is not None:
+        n = model.nudges
+        nudges = Nudges(n.enabled, n.stamps_within, n.spend_within)
+    return replace(built, max_discount_bp=max_discount_bp, nudges=nudges)

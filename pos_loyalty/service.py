@@ -7,9 +7,12 @@ CLI, UI) call these and only these; a Python POS can too (``import pos_loyalty``
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import secrets
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +34,7 @@ from pos_loyalty.domain.programs import (
     GiftProgram,
     NextVisitProgram,
     PointsProgram,
+    ProgramSet,
     PromoCodeProgram,
     ReferralProgram,
     ReferralTrigger,
@@ -110,12 +114,39 @@ class Service:
         """``online`` says whether the central server currently confirms redemptions
         (the sync service provides it); until then a till with sync enabled is offline."""
         self.settings = settings
-        self.programs = settings.programs
+        self._programs = settings.programs
+        self.programs_version = 0  # 0: the till's own file; N: the central server's version N
+        self._programs_lock = threading.Lock()
+        self._pin = threading.local()  # the program set of the command running in a thread
         self.ledger = ledger
         self._clock = clock or (lambda: datetime.now(UTC))
         self.online = online or (lambda: False)
         self._signer: coupons.Signer | None = None
         self._verifiers: tuple[coupons.Verifier, ...] | None = None
+
+    # -- programs: the central server's configuration replaces them at run time ----------
+    @property
+    def programs(self) -> ProgramSet:
+        """The program set of the command running in this thread (pinned when it started,
+        see ``_pinned`` below), else the current one."""
+        pinned: ProgramSet | None = getattr(self._pin, "programs", None)
+        return self._programs if pinned is None else pinned
+
+    def use_programs(self, programs: ProgramSet, version: int) -> bool:
+        """Use ``programs`` (the server's configuration ``version``) for every command that
+        starts from now on; thread-safe. A command already running finishes with the set it
+        started with, and committed receipts (and their idempotent replays) keep their
+        stored answers. A version at or below the one in use is ignored (False)."""
+        if programs.currency != self.settings.currency:
+            raise ValueError(
+                f"programs in {programs.currency} for a till in {self.settings.currency}"
+            )
+        with self._programs_lock:
+            if version <= self.programs_version:
+                return False
+            self._programs = programs
+            self.programs_version = version
+        return True
 
     # -- coupon keys ----------------------------------------------------------------------
     def _keys(self) -> tuple[coupons.Signer, tuple[coupons.Verifier, ...]]:
@@ -892,6 +923,10 @@ class Service:
             "online": False,
             "events_waiting": seq,
             "head": {"seq": seq, "hash": digest.hex()},
+            "programs": {
+                "version": self.programs_version,
+                "source": "server" if self.programs_version else "config file",
+            },
         }
 
     # -- views ----------------------------------------------------------------------------
@@ -983,6 +1018,30 @@ class Service:
                     }
                 )
         return out
+
+
+def _pinned(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command with the program set that was current when it started, whatever
+    ``use_programs`` does meanwhile in another thread (the sync worker): one sale is never
+    computed with parts of two sets. Thread-local, so nested calls keep the outer pin."""
+
+    @functools.wraps(method)
+    def command(self: Service, *args: Any, **kwargs: Any) -> Any:
+        pin = self._pin
+        if getattr(pin, "programs", None) is not None:
+            return method(self, *args, **kwargs)
+        pin.programs = self._programs
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            pin.programs = None
+
+    return command
+
+
+for _name, _member in list(vars(Service).items()):
+    if not _name.startswith("_") and inspect.isfunction(_member) and _name != "use_programs":
+        setattr(Service, _name, _pinned(_member))
 
 
 def _profile_json(profile: Profile) -> dict[str, Any]:

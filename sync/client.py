@@ -13,10 +13,11 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
+from pos_loyalty.config import ConfigError
 from pos_loyalty.ledger.replication import (
     FLAGGED_REASONS,
     Answer,
@@ -29,6 +30,7 @@ from pos_loyalty.ledger.replication import (
 from sync.protocol import (
     PROTOCOL_VERSION,
     PairResponse,
+    ProgramConfig,
     PullResponse,
     PushResponse,
     WireEvent,
@@ -57,6 +59,20 @@ class RoundResult:
     duplicates: int = 0
     conflicts: int = 0
     pulled: Applied = field(default_factory=Applied)
+    programs_applied: int | None = None  # a newer program configuration version, applied
+
+
+class ProgramSink(Protocol):
+    """Where the till keeps the server's program configuration
+    (``pos_loyalty.server_programs.ServerPrograms``)."""
+
+    def have(self, merchant_id: str) -> int:
+        """The version this till holds for the merchant (0: none)."""
+        ...
+
+    def accept(self, merchant_id: str, version: int, text: str) -> Any:
+        """Check and store a newer version; raises ConfigError when it does not pass."""
+        ...
 
 
 def _wire(e: StoredEvent) -> dict[str, Any]:
@@ -136,8 +152,18 @@ class SyncClient:
         batch: int = DEFAULT_BATCH,
         page: int = DEFAULT_PAGE,
         progress: Callable[[str, int], None] | None = None,
+        programs: ProgramSink | None = None,
+        region_only: bool = False,
     ) -> None:
         self.replica = replica
+        # Pull only the customers of this till's region (``[sync] region_only``; a till
+        # bootstrapped with a region snapshot keeps pulling that way whatever the setting).
+        self.region_only = region_only
+        self.programs = programs
+        # The version this till holds (as of the last fetch); 0: none, its own file's.
+        self.programs_version = programs.have(credentials.merchant_id) if programs else 0
+        self.programs_problem: str | None = None  # why the server's newest was refused
+        self._refused_version = 0
         self.credentials = credentials
         self.base = credentials.server_url.rstrip("/")
         self._own_http = http is None
@@ -215,10 +241,17 @@ class SyncClient:
 
     def pull(self) -> Applied:
         """Apply every event of the merchant's other tills after our cursor."""
+        from .bootstrap import bootstrap, pending, scope_of
+
+        if pending(self.replica.ledger):  # an interrupted bootstrap: finish it first
+            bootstrap(self.replica, self.credentials, http=self.http)
+        scope = scope_of(self.replica.ledger, self.region_only)
         total = Applied()
         while True:
             cursor = self.replica.state().cursor
             params: dict[str, Any] = {"limit": self.page}
+            if scope != "all":
+                params["scope"] = scope
             if cursor:
                 params["after"] = cursor
             response = self._request("GET", "/v1/sync/pull", params=params)
@@ -252,6 +285,57 @@ class SyncClient:
             if not page.more:
                 return total
 
+    def fetch_programs(self) -> int | None:
+        """Fetch the merchant's program configuration when the server has a newer version
+        than this till (one small request: the till sends the version it has and the server
+        answers ``unchanged``). A newer one is checked and stored by the sink, which switches
+        the running service. Returns the version applied, or None.
+
+        A configuration that fails the till's validation (a server of a newer release, a
+        damaged database) is refused: logged, kept in ``programs_problem`` (sync status),
+        nothing changes and the till sells on with what it had; that version is not asked
+        for again by this worker. Raises SyncFailed when the server cannot be asked."""
+        if self.programs is None:
+            return None
+        merchant = self.credentials.merchant_id
+        self.programs_version = held = self.programs.have(merchant)
+        response = self._request(
+            "GET", "/v1/sync/config", params={"have": max(held, self._refused_version)}
+        )
+        if response.status_code != 200:
+            raise _refusal(response)
+        try:
+            answer = ProgramConfig.model_validate_json(response.content)
+        except ValueError:
+            raise SyncFailed("the server's answer was cut or garbled", reachable=False) from None
+        if answer.unchanged or answer.version <= held:
+            if answer.version < held:
+                log.warning(
+                    "the server holds program configuration v%d, older than our v%d: keeping ours",
+                    answer.version,
+                    held,
+                )
+            return None
+        if answer.merchant_id not in (None, merchant):
+            self._refuse(answer.version, f"it belongs to merchant {answer.merchant_id!r}")
+            return None
+        try:
+            stored = self.programs.accept(merchant, answer.version, answer.config)
+        except ConfigError as exc:
+            self._refuse(answer.version, str(exc))
+            return None
+        if stored is None:
+            return None
+        self.programs_version = answer.version
+        self.programs_problem = None
+        log.info("program configuration v%d applied", answer.version)
+        return answer.version
+
+    def _refuse(self, version: int, why: str) -> None:
+        self._refused_version = version
+        self.programs_problem = f"program configuration v{version} refused: {why}"
+        log.error("%s; keeping v%d", self.programs_problem, self.programs_version)
+
     def round(self) -> RoundResult:
         result = self.push()
         result.pulled = self.pull()
@@ -259,6 +343,7 @@ class SyncClient:
         extra = self.push()
         result.pushed += extra.pushed
         result.accepted += extra.accepted
+        result.programs_applied = self.fetch_programs()
         return result
 
 

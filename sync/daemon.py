@@ -27,7 +27,7 @@ import httpx
 from pos_loyalty.ledger.replication import Credentials, Replica
 from pos_loyalty.ledger.store import Ledger
 
-from .client import RoundResult, SyncClient, SyncFailed
+from .client import ProgramSink, RoundResult, SyncClient, SyncFailed
 
 log = logging.getLogger("sync.daemon")
 
@@ -85,12 +85,18 @@ class SyncWorker:
         http: httpx.Client | None = None,
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
+        programs: ProgramSink | None = None,
+        region_only: bool = False,
     ) -> None:
+        """``programs``: where the server's program configuration is kept (fetched each
+        round when given; ``pos_loyalty.server_programs.ServerPrograms``)."""
         self.replica = Replica(ledger)
         self.credentials = credentials
         self.interval = interval
         self.lock = LedgerLock(data_dir)
-        self.client = SyncClient(self.replica, credentials, http=http)
+        self.client = SyncClient(
+            self.replica, credentials, http=http, programs=programs, region_only=region_only
+        )
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self._stop = threading.Event()
@@ -124,6 +130,10 @@ class SyncWorker:
                 "conflicts": conflicts,
                 "last_error": self._last_error,
                 "server_url": self.credentials.server_url,
+                "programs": {
+                    "version": self.client.programs_version,
+                    "problem": self.client.programs_problem,
+                },
             },
         }
 

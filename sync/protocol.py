@@ -26,6 +26,7 @@ from pos_loyalty.ledger.codec import canonical, chain_hash, event_from_row
 PROTOCOL_VERSION = 1
 MAX_BATCH = 1000  # events per push
 MAX_PAGE = 5000  # events per pull page
+MAX_SNAPSHOT_PAGE = 50_000  # customers per bootstrap page
 
 Hex32 = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
 Text = Annotated[StrictStr, Field(max_length=128)]
@@ -234,10 +235,58 @@ class SnapshotPage(_Model):
     next_after: StrictStr | None  # customer id to continue after, None at the end
 
 
+# A snapshot customer on the wire (``pos_loyalty.ledger.snapshot``): arrays, so that a page of
+# thousands of customers is validated quickly.
+WireCard = tuple[StrictStr, StrictStr, StrictStr, StrictStr | None]  # code, status, issued, reason
+WireBalance = tuple[StrictStr, StrictStr, StrictInt]  # program, unit, balance
+# lot id, program, earned_at, expires_at, remaining
+WireLot = tuple[StrictStr, StrictStr, StrictStr, StrictStr | None, StrictInt]
+WireCoupon = tuple[StrictStr, StrictStr, StrictStr, StrictStr, StrictStr]  # serial, program,
+# code, issued_at, expires_at
+# customer id, enrolled_at, profile (JSON text), cards, balances, lots, coupons, referral codes
+WireCustomer = tuple[
+    StrictStr,
+    StrictStr | None,
+    StrictStr | None,
+    list[WireCard],
+    list[WireBalance],
+    list[WireLot],
+    list[WireCoupon],
+    list[StrictStr],
+]
+WireHead = tuple[StrictStr, StrictInt, StrictInt, Hex32]  # terminal, epoch, seq, hash
+
+
+class BootstrapPage(_Model):
+    """One page of a full snapshot as of ``cursor`` (``GET /v1/sync/bootstrap``): everything
+    a till needs to serve the customers without their history. The first page (no
+    ``after``) also carries the merchant-wide part: every till's chain head at the cursor,
+    the usage counters and the coupons issued without a customer. Pages after the first
+    name the same snapshot with ``at=<cursor>``; the till then pulls after ``cursor``."""
+
+    protocol: StrictInt = PROTOCOL_VERSION
+    cursor: StrictStr
+    scope: StrictStr  # all | region (only customers whose home store is in the till's region)
+    digest: Hex32  # SHA-256 of the whole snapshot (``ledger.snapshot.digest``)
+    total: StrictInt  # customers in the whole snapshot
+    heads: list[WireHead] | None = None
+    usage: list[tuple[StrictStr, StrictInt]] | None = None
+    coupons: list[WireCoupon] | None = None
+    customers: list[WireCustomer]
+    next_after: StrictStr | None  # customer id to continue after, None on the last page
+
+
 class ProgramConfig(_Model):
+    """The merchant's program configuration (``GET /v1/sync/config?have=N``).
+
+    ``unchanged``: the till already has ``have`` >= ``version`` (``config`` is then empty);
+    the till never applies a version at or below the one it has."""
+
     protocol: StrictInt = PROTOCOL_VERSION
     version: StrictInt  # 0: the server holds none; the till keeps its own file
-    config: StrictStr  # TOML text of the [[programs]] tables
+    config: StrictStr  # TOML text of the [[programs]] tables (+ optional [guards], [nudges])
+    merchant_id: StrictStr | None = None  # whose configuration this is (the till checks it)
+    unchanged: bool = False
 
 
 class PairRequest(_Model):

@@ -61,3 +61,12 @@ def test_lookup_bench_builds_a_consistent_ledger(tmp_path: Path) -> None:
         assert label in out, f"{label!r} missing from lookup_latency.py output:\n{out}"
     again = run_bench("lookup_latency.py", *args, cwd=tmp_path)  # the cached file is reused
     assert "build: cached" in again
+
+
+def test_bootstrap_bench_runs(tmp_path: Path) -> None:
+    """A new till loads a snapshot of a few customers from a SQLite server (the PostgreSQL
+    run at 100,000 customers is the benchmark itself)."""
+    args = ("--customers", "30", "--page", "7", "--sqlite", "--verify")
+    out = run_bench("bootstrap_bench.py", *args, cwd=tmp_path)
+    for label in ("bootstrap cold:", "bootstrap warm:", "verify after bootstrap: ok"):
+        assert label in out, f"{label!r} missing from bootstrap_bench.py output:\n{out}"

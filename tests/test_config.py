@@ -276,6 +276,7 @@ def test_not_utf8(tmp_path: Path) -> None:
         ("port = 8765", "port = 70000", "api.port", "1 to 65535, got 70000"),
         ("max_body_bytes = 65536", "max_body_bytes = -1", "api.max_body_bytes", "positive integer"),
         ("interval_seconds = 30", "interval_seconds = 0", "sync.interval_seconds", "positive"),
+        ("region_only = false", 'region_only = "yes"', "sync.region_only", "true or false"),
         (
             "points_per_terminal_per_day = 50000",
             "points_per_terminal_per_day = -5",

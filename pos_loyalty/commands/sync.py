@@ -10,7 +10,12 @@ imported inside ``run``.
 - ``server token create --terminal ID [--merchant M --store S]``: a one-time pairing token.
 - ``server token revoke --terminal ID``: refuse a till from now on.
 - ``server conflicts`` / ``server overdrafts``: what an operator must look at.
-- ``pair --server URL --token TOKEN``: exchange a pairing token for this till's credentials.
+- ``server programs set --merchant M --file F`` / ``server programs show --merchant M``: the
+  program configuration the server distributes to the merchant's tills, with its version.
+- ``pair --server URL --token TOKEN [--no-bootstrap]``: exchange a pairing token for this
+  till's credentials; an empty ledger then loads the server's snapshot (``sync.bootstrap``,
+  a progress bar on stderr unless --json or not a terminal).
+- ``sync --bootstrap``: load the snapshot into an empty ledger, or finish an interrupted load.
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser("sync", help="sync this till's ledger with the central server")
     p.add_argument("--once", action="store_true", help="one round, then exit (1 if it failed)")
     p.add_argument("--server", help="override the paired server URL")
+    p.add_argument(
+        "--bootstrap",
+        action="store_true",
+        help="load the server's snapshot into this empty ledger (or finish an interrupted "
+        "load), then exit",
+    )
 
     p = sub.add_parser("server", help="the central server, and its administration")
     p.add_argument("--db", help=f"database URL (default: env {SERVER_DB_ENV} or a SQLite file)")
@@ -45,12 +56,24 @@ def register(sub: Any) -> None:
     q.add_argument("--store", default="default")
     q = token_sub.add_parser("revoke", help="refuse a till's credentials from now on")
     q.add_argument("--terminal", required=True)
+    q = server_sub.add_parser("programs", help="the program configuration sent to the tills")
+    programs_sub = q.add_subparsers(dest="programs_command", required=True, metavar="ACTION")
+    q = programs_sub.add_parser("set", help="check a [[programs]] file and publish it")
+    q.add_argument("--merchant", default="default")
+    q.add_argument("--file", required=True, help="TOML: [[programs]] (+ [guards], [nudges])")
+    q = programs_sub.add_parser("show", help="the version and text the tills get")
+    q.add_argument("--merchant", default="default")
     server_sub.add_parser("conflicts", help="list conflicts recorded at ingest")
     server_sub.add_parser("overdrafts", help="list balances booked negative by redemptions")
 
     p = sub.add_parser("pair", help="pair this till with a central server")
     p.add_argument("--server", required=True, help="the server's URL (https in production)")
     p.add_argument("--token", required=True, help="from `pos-loyalty server token create`")
+    p.add_argument(
+        "--no-bootstrap",
+        action="store_true",
+        help="do not load the server's snapshot into an empty ledger (sync pulls every event)",
+    )
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -88,6 +111,8 @@ def _server(args: argparse.Namespace, settings: Any) -> int:
             if not store.revoke(args.terminal):
                 return _fail(f"unknown terminal {args.terminal!r}")
             return _emit(args, {"revoked": args.terminal}, f"till {args.terminal} revoked")
+        if args.server_command == "programs":
+            return _programs(args, store)
         if args.server_command in ("conflicts", "overdrafts"):
             rows = store.conflicts() if args.server_command == "conflicts" else store.overdrafts()
             if args.json:
@@ -121,7 +146,43 @@ def _server(args: argparse.Namespace, settings: Any) -> int:
         store.close()
 
 
+def _programs(args: argparse.Namespace, store: Any) -> int:
+    from pos_loyalty.config import ConfigError, load_programs_text
+
+    merchant = args.merchant
+    if args.programs_command == "show":
+        version, text = store.program_config(merchant)
+        out = {"merchant_id": merchant, "version": version, "config": text}
+        if args.json:
+            return _emit(args, out, "")
+        if version == 0:
+            print(f"merchant {merchant}: no program configuration (tills use their own files)")
+            return 0
+        print(f"merchant {merchant}: program configuration version {version}")
+        print(text, end="" if text.endswith("\n") else "\n")
+        return 0
+    try:
+        with open(args.file, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as exc:
+        return _fail(f"{args.file}: cannot read the file: {exc.strerror or exc}", 2)
+    except UnicodeDecodeError:
+        return _fail(f"{args.file}: is not UTF-8 text", 2)
+    try:
+        load_programs_text(text, args.file)  # the till's own checks, named after the file
+    except ConfigError as exc:
+        return _fail(f"{exc} (nothing was stored)", 2)
+    version, changed = store.set_program_config(merchant, text, source=args.file)
+    out = {"merchant_id": merchant, "version": version, "changed": changed}
+    if changed:
+        message = f"merchant {merchant}: program configuration version {version} stored"
+    else:
+        message = f"merchant {merchant}: unchanged, still version {version}"
+    return _emit(args, out, message)
+
+
 def _serve(args: argparse.Namespace, store: Any) -> int:
+    import gc
     import logging
 
     import uvicorn
@@ -138,14 +199,42 @@ def _serve(args: argparse.Namespace, store: Any) -> int:
         f"(database {store.engine.url.render_as_string(hide_password=True)})",
         flush=True,
     )
+    _warm_snapshots(store)
+    app = create_server_app(store, max_body_bytes=args.max_body)
+    # Everything loaded so far (modules, schemas, the app) lives as long as the process: out
+    # of the cyclic collector's way, so that its full collections, which a busy ingest
+    # triggers, do not walk it each time (bench/README.md, Sync).
+    gc.freeze()
     uvicorn.run(
-        create_server_app(store, max_body_bytes=args.max_body),
+        app,
         host=args.host,
         port=args.port,
         access_log=False,
         log_level="warning",
     )
     return 0
+
+
+def _warm_snapshots(store: Any) -> None:
+    """Build the bootstrap snapshots in the background (``ServerStore.warm_snapshots``): the
+    first till to bootstrap after a start then gets a cached one (or waits for it)."""
+    import logging
+    import threading
+    import time
+
+    log = logging.getLogger("sync.server")
+
+    def warm() -> None:
+        started = time.perf_counter()
+        try:
+            n = store.warm_snapshots()
+        except Exception:  # noqa: BLE001 - a bootstrap builds it on demand anyway
+            log.exception("building the bootstrap snapshots failed; built on demand instead")
+            return
+        took = time.perf_counter() - started
+        log.info("bootstrap snapshots of %d merchant(s) ready in %.1f s", n, took)
+
+    threading.Thread(target=warm, name="snapshot-warmup", daemon=True).start()
 
 
 def _pair(args: argparse.Namespace, settings: Any) -> int:
@@ -160,19 +249,112 @@ def _pair(args: argparse.Namespace, settings: Any) -> int:
         creds = pair(args.server, args.token)
     except SyncFailed as exc:
         return _fail(str(exc))
+    from sync.bootstrap import BootstrapRefused, check_empty
+
     ledger = Ledger(ledger_path(settings), settings.terminal_id)
     try:
         Replica(ledger).save_credentials(creds)
+        paired = (
+            f"paired till {creds.terminal_id} with {creds.server_url} "
+            f"(merchant {creds.merchant_id}, store {creds.store_id})"
+        )
+        out: dict[str, Any] = {"terminal_id": creds.terminal_id, "merchant_id": creds.merchant_id}
+        if args.no_bootstrap:
+            return _emit(args, out, paired)
+        try:
+            check_empty(ledger)
+        except BootstrapRefused as exc:  # a till with data catches up by pulling
+            return _emit(args, out, f"{paired}; no snapshot loaded: {exc}")
+        if not args.json:
+            print(paired, flush=True)
+        code, loaded = _bootstrap(args, settings, ledger, creds)
+        if code:
+            return code
+        return _emit(args, {**out, "bootstrap": loaded}, _loaded_text(loaded))
     except ValueError as exc:
         return _fail(str(exc))
     finally:
         ledger.close()
-    return _emit(
-        args,
-        {"terminal_id": creds.terminal_id, "merchant_id": creds.merchant_id},
-        f"paired till {creds.terminal_id} with {creds.server_url} "
-        f"(merchant {creds.merchant_id}, store {creds.store_id})",
+
+
+def _loaded_text(loaded: dict[str, Any]) -> str:
+    return (
+        f"loaded the server's snapshot {loaded['cursor']}: {loaded['customers']} customers "
+        f"in {loaded['seconds']:.1f} s" + (" (resumed)" if loaded["resumed"] else "")
     )
+
+
+def _bootstrap(
+    args: argparse.Namespace, settings: Any, ledger: Any, creds: Any
+) -> tuple[int, dict[str, Any]]:
+    """Load the server's snapshot into the (empty) ledger, or finish an interrupted load,
+    holding the sync lock; a progress bar on stderr unless --json or not a terminal."""
+    from pos_loyalty.ledger.replication import Replica
+    from sync.bootstrap import BootstrapRefused, bootstrap
+    from sync.client import SyncFailed
+    from sync.daemon import AlreadyRunning, LedgerLock
+
+    lock = LedgerLock(settings.data_dir)
+    try:
+        lock.acquire()
+    except AlreadyRunning as exc:
+        return _fail(f"{exc}: stop it before loading a snapshot"), {}
+    try:
+        with _progress(quiet=args.json or not sys.stderr.isatty()) as progress:
+            result = bootstrap(
+                Replica(ledger),
+                creds,
+                region_only=bool(settings.sync.region_only),
+                progress=progress,
+            )
+    except BootstrapRefused as exc:
+        return _fail(f"cannot bootstrap: {exc}"), {}
+    except SyncFailed as exc:
+        return _fail(f"bootstrap failed: {exc} (run `pos-loyalty sync --bootstrap` to resume)"), {}
+    finally:
+        lock.release()
+    return 0, {
+        "cursor": result.cursor,
+        "customers": result.customers,
+        "pages": result.pages,
+        "resumed": result.resumed,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+class _progress:
+    """A rich progress bar of customers loaded (stderr), or nothing when ``quiet``."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Any:
+        if self.quiet:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("customers loaded", total=None)
+
+        def update(done: int, total: int) -> None:
+            self._bar.update(self._task, completed=done, total=total)
+
+        return update
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 def _sync(args: argparse.Namespace, settings: Any) -> int:
@@ -182,6 +364,7 @@ def _sync(args: argparse.Namespace, settings: Any) -> int:
     from pos_loyalty.bootstrap import ledger_path
     from pos_loyalty.ledger.replication import Credentials, Replica
     from pos_loyalty.ledger.store import Ledger
+    from pos_loyalty.server_programs import ServerPrograms
     from sync.client import SyncFailed
     from sync.daemon import AlreadyRunning, SyncWorker
 
@@ -199,11 +382,16 @@ def _sync(args: argparse.Namespace, settings: Any) -> int:
             creds = Credentials(
                 args.server, creds.terminal_id, creds.merchant_id, creds.store_id, creds.credential
             )
+        if args.bootstrap:
+            code, loaded = _bootstrap(args, settings, ledger, creds)
+            return code or _emit(args, loaded, _loaded_text(loaded))
         worker = SyncWorker(
             ledger,
             creds,
             data_dir=settings.data_dir,
             interval=float(settings.sync.interval_seconds),
+            programs=ServerPrograms(settings),
+            region_only=settings.sync.region_only,
         )
         if not args.once:
             signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())

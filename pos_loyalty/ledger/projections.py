@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -18,6 +18,7 @@ from pos_loyalty.domain.events import LOT_UNITS, Event, Kind, Unit
 from pos_loyalty.domain.state import CustomerState, Lot, PointsAccount
 
 from . import schema
+from .codec import id_key, id_text, lot_key, lot_text, time_key, time_value
 
 
 def raw_connection(conn: Connection) -> sqlite3.Connection:
@@ -30,25 +31,28 @@ def raw_connection(conn: Connection) -> sqlite3.Connection:
 
 
 _BALANCES = "SELECT program, unit, balance FROM balances WHERE customer_id = ?"
-_LOTS = "SELECT lot_id, program, earned_at, expires_at, remaining FROM lots WHERE customer_id = ?"
+# Lots in their stored forms (``codec``: id_key, lot_key, time_key; 0005_compact).
+_LOTS = "SELECT program, lot, earned_at, expires_at, remaining FROM lots WHERE customer_id = ?"
 _INSERT_BALANCE = "INSERT INTO balances (customer_id, program, unit, balance) VALUES (?, ?, ?, ?)"
 _UPDATE_BALANCE = (
     "UPDATE balances SET balance = ? WHERE customer_id = ? AND program = ? AND unit = ?"
 )
-_DELETE_LOT = "DELETE FROM lots WHERE lot_id = ?"
-_INSERT_LOT = (
-    "INSERT INTO lots (lot_id, customer_id, program, earned_at, expires_at, remaining) "
+_DELETE_LOT = "DELETE FROM lots WHERE customer_id = ? AND program = ? AND lot = ?"
+_INSERT_LOT_ROW = (
+    "INSERT INTO lots (customer_id, program, lot, earned_at, expires_at, remaining) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
-_UPDATE_LOT = "UPDATE lots SET remaining = ? WHERE lot_id = ?"
+_UPDATE_LOT = "UPDATE lots SET remaining = ? WHERE customer_id = ? AND program = ? AND lot = ?"
 _OPEN_COUPONS = (
     "SELECT serial, program, code, expires_at FROM coupons WHERE customer_id = ? "
     "AND NOT EXISTS (SELECT 1 FROM usage WHERE usage.key = 'coupon:' || coupons.serial) "
     "ORDER BY issued_at, serial"
 )
 
-_INSERT_RECEIPT = (
-    "INSERT INTO receipts (key, event_id, request_hash, refunded, response) VALUES (?, ?, ?, ?, ?)"
+_INSERT_RECEIPT = "INSERT INTO receipts (key, event_id, refunded, response) VALUES (?, ?, ?, ?)"
+_INSERT_REDEMPTION = (
+    "INSERT INTO redemptions (event_id, terminal_id, at, customer_id, points) "
+    "VALUES (?, ?, ?, ?, ?)"
 )
 _ADD_USAGE = "UPDATE usage SET count = count + ? WHERE key = ?"
 _INSERT_USAGE = "INSERT INTO usage (key, count) VALUES (?, ?)"
@@ -76,17 +80,49 @@ def load_state(conn: Connection, customer_id: str) -> CustomerState:
     accounts = state.all_accounts()
     # Lots are the one projection that grows with a customer's history (one per earning
     # sale until it expires), read on every commit: fetched in one go.
-    rows = raw.execute(_LOTS, (customer_id,)).fetchall()
-    parse = datetime.fromisoformat
+    rows = raw.execute(_LOTS, (id_key(customer_id),)).fetchall()
     lots_of = {program: account.lots for program, account in accounts.items()}
-    for lot_id, program, earned_at, expires_at, remaining in rows:
+    for program, lot, earned_at, expires_at, remaining in rows:
         lots = lots_of.get(program)
         if lots is None:
             lots = lots_of[program] = state.points.setdefault(program, PointsAccount()).lots
+        lot_id = lot_text(lot, program)
         lots[lot_id] = Lot(
-            lot_id, parse(earned_at), parse(expires_at) if expires_at else None, remaining
+            lot_id,
+            time_value(earned_at),
+            None if expires_at is None else time_value(expires_at),
+            remaining,
         )
     return state
+
+
+def lot_row(
+    lot_id: str,
+    customer_id: str,
+    program: str,
+    earned_at: datetime | str,
+    expires_at: datetime | str | None,
+    remaining: int,
+) -> tuple[Any, ...]:
+    """A ``lots`` row in its stored form, for ``INSERT_LOT`` (times as datetimes or ISO)."""
+    if isinstance(earned_at, str):
+        earned_at = datetime.fromisoformat(earned_at)
+    if isinstance(expires_at, str):
+        expires_at = datetime.fromisoformat(expires_at)
+    return (
+        id_key(customer_id),
+        program,
+        lot_key(lot_id, program),
+        time_key(earned_at),
+        None if expires_at is None else time_key(expires_at),
+        remaining,
+    )
+
+
+def insert_lots(raw: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> None:
+    """Insert lots given as ``(lot_id, customer_id, program, earned_at, expires_at,
+    remaining)`` with ISO (or datetime) times: the stored forms are made here."""
+    raw.executemany(_INSERT_LOT_ROW, (lot_row(*row) for row in rows))
 
 
 def store_state(conn: Connection, before: CustomerState, after: CustomerState) -> None:
@@ -99,33 +135,33 @@ def store_state(conn: Connection, before: CustomerState, after: CustomerState) -
             raw.execute(_INSERT_BALANCE, (cid, program, unit.value, value))
         elif old[(program, unit)] != value:
             raw.execute(_UPDATE_BALANCE, (value, cid, program, unit.value))
-    # Lot ids embed the program (``ids.lot_id``): one id space across the accounts.
-    old_lots: dict[str, Lot] = {}
-    for acc in before.all_accounts().values():
-        old_lots.update(acc.lots)
-    new_lots: dict[str, Lot] = {}
+    # Lots are keyed by (customer, program, lot) in their stored forms (``codec``).
+    ckey = id_key(cid)
+    old_accounts = before.all_accounts()
     new_accounts = after.all_accounts()
-    for acc in new_accounts.values():
-        new_lots.update(acc.lots)
-    for lot_id in old_lots.keys() - new_lots.keys():
-        raw.execute(_DELETE_LOT, (lot_id,))
+    for program, acc in old_accounts.items():
+        kept = new_accounts.get(program)
+        for lot_id in acc.lots.keys() - (kept.lots.keys() if kept is not None else set()):
+            raw.execute(_DELETE_LOT, (ckey, program, lot_key(lot_id, program)))
     for program, acc in new_accounts.items():
+        old_acc = old_accounts.get(program)
+        old_lots = old_acc.lots if old_acc is not None else {}
         for lot_id, lot in acc.lots.items():
             known = old_lots.get(lot_id)
             if known is None:
                 raw.execute(
-                    _INSERT_LOT,
+                    _INSERT_LOT_ROW,
                     (
-                        lot_id,
-                        cid,
+                        ckey,
                         program,
-                        lot.earned_at.isoformat(),
-                        lot.expires_at.isoformat() if lot.expires_at else None,
+                        lot_key(lot_id, program),
+                        time_key(lot.earned_at),
+                        None if lot.expires_at is None else time_key(lot.expires_at),
                         lot.remaining,
                     ),
                 )
             elif known.remaining != lot.remaining:
-                raw.execute(_UPDATE_LOT, (lot.remaining, lot_id))
+                raw.execute(_UPDATE_LOT, (lot.remaining, ckey, program, lot_key(lot_id, program)))
 
 
 def apply_side_tables(conn: Connection, event: Event, response: bytes | None = None) -> None:
@@ -156,10 +192,28 @@ def apply_side_tables(conn: Connection, event: Event, response: bytes | None = N
             .values(status="blocked", reason=data.get("reason"))
         )
     elif event.kind is Kind.SALE_COMMITTED:
-        raw_connection(conn).execute(
+        raw = raw_connection(conn)
+        raw.execute(
             _INSERT_RECEIPT,
-            (f"sale:{data['receipt_id']}", event.id, data["request_hash"], "{}", response or b""),
+            (
+                f"sale:{data['receipt_id']}",
+                id_key(event.id),
+                "{}",
+                response or b"",
+            ),
         )
+        redeemed = -sum(p.delta for p in event.postings if p.unit is Unit.POINTS and p.delta < 0)
+        if redeemed:
+            raw.execute(
+                _INSERT_REDEMPTION,
+                (
+                    id_key(event.id),
+                    event.terminal_id,
+                    event.at.isoformat(),
+                    event.customer_id,
+                    redeemed,
+                ),
+            )
     elif event.kind is Kind.REFUND_COMMITTED:
         sale_key = f"sale:{data['receipt_id']}"
         row = conn.execute(
@@ -176,8 +230,7 @@ def apply_side_tables(conn: Connection, event: Event, response: bytes | None = N
         conn.execute(
             insert(schema.receipts).values(
                 key=f"refund:{data['refund_id']}",
-                event_id=event.id,
-                request_hash=data["request_hash"],
+                event_id=id_key(event.id),
                 refunded="{}",
                 response=response or b"",
             )
@@ -228,7 +281,8 @@ def side_table_problem(conn: Connection, event: Event) -> tuple[str, str] | None
             return (
                 "receipt_key_taken",
                 f"receipt {data.get('receipt_id')!r} is already used here by event "
-                f"{row.event_id}; the sale's balances count, its receipt is not kept here",
+                f"{id_text(row.event_id)}; the sale's balances count, its receipt is not kept "
+                "here",
             )
     elif event.kind is Kind.REFUND_COMMITTED:
         if receipt(f"sale:{data.get('receipt_id')}") is None:
@@ -252,16 +306,26 @@ def side_table_problem(conn: Connection, event: Event) -> tuple[str, str] | None
     return None
 
 
-def rebuild_into(conn: Connection, events: Iterable[Event]) -> None:
-    """Fill empty projection tables on ``conn`` from ``events`` in order."""
+def rebuild_into(conn: Connection, events: Iterable[Event], *, on_baseline: bool = False) -> None:
+    """Fill empty projection tables on ``conn`` from ``events`` in order. ``on_baseline``:
+    the tables hold a bootstrapped till's baseline (``ledger.snapshot``) and the events
+    come after it, so each customer's state starts from the stored one."""
     states: dict[str, CustomerState] = {}
     for event in events:
         if side_table_problem(conn, event) is None:
             apply_side_tables(conn, event)
         if event.customer_id is not None and event.postings:
-            states.setdefault(event.customer_id, CustomerState(event.customer_id)).apply(event)
+            state = states.get(event.customer_id)
+            if state is None:
+                state = states[event.customer_id] = (
+                    load_state(conn, event.customer_id)
+                    if on_baseline
+                    else CustomerState(event.customer_id)
+                )
+            state.apply(event)
     for state in states.values():
-        store_state(conn, CustomerState(state.customer_id), state)
+        before = load_state(conn, state.customer_id) if on_baseline else None
+        store_state(conn, before or CustomerState(state.customer_id), state)
 
 
 def snapshot(conn: Connection) -> dict[str, Any]:
@@ -273,13 +337,17 @@ def snapshot(conn: Connection) -> dict[str, Any]:
             tuple(r)
             for r in conn.execute(select(schema.balances).where(schema.balances.c.balance != 0))
         ),
-        "lots": sorted(tuple(r) for r in conn.execute(select(schema.lots))),
+        # Stored forms (``codec``) as they are: bytes, integers or texts, sorted by repr.
+        "lots": sorted((tuple(r) for r in conn.execute(select(schema.lots))), key=repr),
         "usage": sorted(tuple(r) for r in conn.execute(select(schema.usage))),
         "coupons": sorted(tuple(r) for r in conn.execute(select(schema.coupons))),
         "referrals": sorted(tuple(r) for r in conn.execute(select(schema.referrals))),
         "receipts": sorted(
-            (r.key, r.event_id, r.request_hash, json.dumps(json.loads(r.refunded), sort_keys=True))
+            (r.key, r.event_id, json.dumps(json.loads(r.refunded), sort_keys=True))
             for r in conn.execute(select(schema.receipts))
+        ),
+        "redemptions": sorted(
+            (tuple(r) for r in conn.execute(select(schema.redemptions))), key=repr
         ),
     }
 

@@ -36,7 +36,7 @@ from pos_loyalty.domain.ids import derived_id
 from pos_loyalty.domain.state import CustomerState
 
 from . import schema
-from .codec import event_from_row
+from .codec import Dictionaries, decode_payload, encode_payload, event_from_row
 from .projections import apply_side_tables, load_state, side_table_problem, store_state
 from .store import Ledger
 
@@ -230,7 +230,7 @@ class Replica:
             ).all()
             # Plain tuples, fetched at once: the catch-up of a long-offline till reads many.
             return [
-                StoredEvent(i, t, s, k, a, c, key, p, bytes(ph), bytes(h))
+                StoredEvent(i, t, s, k, a, c, key, tx.payload_text(p), bytes(ph), bytes(h))
                 for i, t, s, k, a, c, key, p, ph, h in rows
             ]
 
@@ -350,7 +350,7 @@ class Replica:
                         "at": stored.at,
                         "customer_id": stored.customer_id,
                         "key": stored.key,
-                        "payload": stored.payload,
+                        "payload": encode_payload(stored.payload, tx.dicts),
                         "prev_hash": stored.prev_hash,
                         "hash": stored.hash,
                     }
@@ -433,7 +433,7 @@ _STORED_COLUMNS = (
 )
 
 
-def _stored(row: Any) -> StoredEvent:
+def _stored(row: Any, dicts: Dictionaries | None = None) -> StoredEvent:
     return StoredEvent(
         row.id,
         row.terminal_id,
@@ -442,7 +442,7 @@ def _stored(row: Any) -> StoredEvent:
         row.at,
         row.customer_id,
         row.key,
-        row.payload,
+        decode_payload(row.payload, dicts),
         bytes(row.prev_hash),
         bytes(row.hash),
     )

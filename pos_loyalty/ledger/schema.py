@@ -2,11 +2,14 @@
 
 ``events`` is append-only and the source of truth. Everything else is a projection, updated
 in the same transaction as the append and rebuildable from ``events`` (``verify``), except
-``receipts.response``: the first answer given for a receipt id, kept verbatim so a retried
-commit answers exactly the same.
+``receipts.response``: the first answer given for a receipt id, kept exactly (compressed,
+``codec``) so a retried commit answers exactly the same. ``codec_dicts`` is part of the
+stored format of ``events.payload`` and ``receipts.response`` (0005_compact).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -20,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.types import UserDefinedType
 
 metadata = MetaData()
 
@@ -34,13 +38,14 @@ events = Table(
     Column("at", String(40), nullable=False),
     Column("customer_id", String(36)),
     Column("key", String(128)),
-    Column("payload", Text, nullable=False),  # canonical JSON {"p": postings, "d": data}
+    # codec.encode_payload of the canonical JSON {"p": postings, "d": data} (0005; the
+    # column is declared TEXT: rows written before 0005 hold the text itself)
+    Column("payload", Text, nullable=False),
     Column("prev_hash", LargeBinary(32), nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
     UniqueConstraint("terminal_id", "seq", name="uq_events_terminal_seq"),
 )
 Index("ix_events_customer", events.c.customer_id, events.c.pos)
-Index("ix_events_terminal_kind_at", events.c.terminal_id, events.c.kind, events.c.at)
 
 heads = Table(
     "heads",
@@ -79,26 +84,67 @@ balances = Table(
     PrimaryKeyConstraint("customer_id", "program", "unit"),
 )
 
+
+class Stored(UserDefinedType[Any]):
+    """A column holding a ``codec`` stored form: bytes, an integer or a text, by value (BLOB
+    affinity: SQLite keeps what it is given). Read as is (``LargeBinary`` would turn every
+    value into bytes)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return "BLOB"
+
+
+# Lots and receipts in compact stored forms (0005_compact, see ``codec``): ids as 16 bytes,
+# times as integer microseconds; no rowid, the primary key is the one b-tree.
 lots = Table(
     "lots",
     metadata,
-    Column("lot_id", String(110), primary_key=True),
-    Column("customer_id", String(36), nullable=False),
+    Column("customer_id", Stored(), nullable=False),  # codec.id_key
     Column("program", String(64), nullable=False),
-    Column("earned_at", String(40), nullable=False),
-    Column("expires_at", String(40)),
+    Column("lot", Stored(), nullable=False),  # codec.lot_key of the lot id
+    Column("earned_at", Stored(), nullable=False),  # codec.time_key
+    Column("expires_at", Stored()),  # codec.time_key
     Column("remaining", Integer, nullable=False),
+    PrimaryKeyConstraint("customer_id", "program", "lot"),
+    sqlite_with_rowid=False,
 )
-Index("ix_lots_customer", lots.c.customer_id)
 
 receipts = Table(
     "receipts",
     metadata,
     Column("key", String(128), primary_key=True),  # "sale:<receipt_id>" or "refund:<refund_id>"
-    Column("event_id", String(36), nullable=False),
-    Column("request_hash", String(64), nullable=False),
+    # codec.id_key; the request hash a retry is checked against is the event's own
+    # (``data.request_hash``, under the hash chain), not copied here (0005_compact)
+    Column("event_id", Stored(), nullable=False),
     Column("refunded", Text, nullable=False),  # JSON {line index: units refunded so far}
-    Column("response", LargeBinary, nullable=False),  # codec.pack_response,
+    Column("response", LargeBinary, nullable=False),  # codec.pack_response
+    sqlite_with_rowid=False,
+)
+
+# Points redeemed by sales (a projection; 0005_compact): what the offline limits count,
+# instead of an index over every event. One row per sale that redeemed points.
+redemptions = Table(
+    "redemptions",
+    metadata,
+    Column("event_id", Stored(), primary_key=True),  # codec.id_key
+    Column("terminal_id", String(64), nullable=False),
+    Column("at", String(40), nullable=False),  # events.at
+    Column("customer_id", String(36)),
+    Column("points", Integer, nullable=False),
+    sqlite_with_rowid=False,
+)
+Index("ix_redemptions_terminal_at", redemptions.c.terminal_id, redemptions.c.at)
+
+# Compression dictionaries of the stored payloads and answers (``codec.Dictionaries``): part
+# of the stored format, written once, never changed or deleted.
+codec_dicts = Table(
+    "codec_dicts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("purpose", String(16), nullable=False),  # payload | response
+    Column("zdict", LargeBinary, nullable=False),
 )
 
 # -- sync bookkeeping (migration 0002) --------------------------------------------------------
@@ -179,4 +225,34 @@ referrals = Table(
     metadata,
     Column("code", String(16), primary_key=True),
     Column("customer_id", String(36), nullable=False),
+)
+
+# -- bootstrap from a server snapshot (revision 0004_bootstrap) ----------------------------
+# The baseline a bootstrapped till started from (``ledger.snapshot``): the snapshot as
+# received, so that verify and rebuild are "baseline + the events after it". Not a
+# projection: written once by the bootstrap, never changed after it is complete.
+
+baseline = Table(
+    "baseline",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("status", String(16), nullable=False),  # loading | complete
+    Column("cursor", String(200), nullable=False),  # the server position of the snapshot
+    Column("scope", String(16), nullable=False),  # all | region
+    Column("digest", String(64), nullable=False),  # the server's SHA-256 of the snapshot
+    Column("header", LargeBinary, nullable=False),  # zlib: [cursor, heads, usage, coupons]
+    Column("next_after", String(36)),  # loading: the customer id to continue after
+    Column("pages", Integer, nullable=False),
+    Column("customers", Integer, nullable=False),
+    Column("total", Integer, nullable=False),  # customers the server announced
+    Column("started_at", String(40), nullable=False),
+    Column("completed_at", String(40)),
+)
+
+baseline_pages = Table(
+    "baseline_pages",
+    metadata,
+    Column("page", Integer, primary_key=True),
+    Column("rows", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),  # zlib: wire customers, one per line
 )

@@ -22,11 +22,27 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from pos_loyalty.domain.events import Event, Kind
+from pos_loyalty.domain.events import Event
 from pos_loyalty.domain.state import CustomerState
 
 from . import schema
-from .codec import GENESIS, chain_hash, event_from_row, pack_response, payload_of, unpack_response
+from .codec import (
+    GENESIS,
+    PAYLOAD,
+    RESPONSE,
+    Dictionaries,
+    chain_hash,
+    decode_payload,
+    encode_payload,
+    event_from_row,
+    id_text,
+    pack_response,
+    payload_of,
+    response_text,
+    train,
+    train_due,
+    unpack_response,
+)
 from .projections import apply_side_tables, load_state, raw_connection, store_state
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -59,7 +75,8 @@ class CustomerRow(NamedTuple):
 # caching, result objects) costs several times what SQLite spends on these by-key reads.
 _CARD = "SELECT code, customer_id, status, issued_at, reason FROM cards WHERE code = ?"
 _CUSTOMER = "SELECT customer_id, enrolled_at, profile FROM customers WHERE customer_id = ?"
-_RECEIPT = "SELECT key, event_id, request_hash, refunded, response FROM receipts WHERE key = ?"
+_RECEIPT = "SELECT key, event_id, refunded, response FROM receipts WHERE key = ?"
+_EVENT_PAYLOAD = "SELECT payload FROM events WHERE id = ?"
 _HAS_EVENT = "SELECT 1 FROM events WHERE id = ?"
 _HEAD = "SELECT seq, hash FROM heads WHERE terminal_id = ?"
 _NEWEST_POS = "SELECT max(pos) FROM events WHERE customer_id = ?"  # ix_events_customer
@@ -68,6 +85,18 @@ _INSERT_EVENT = (
     "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SET_RESPONSE = "UPDATE receipts SET response = ? WHERE key = ?"
+_REDEEMED = "SELECT sum(points) FROM redemptions WHERE terminal_id = ? AND at >= ? AND at < ?"
+_REDEEMED_BY = _REDEEMED + " AND customer_id = ?"
+_DICTIONARIES = "SELECT id, purpose, zdict FROM codec_dicts"
+_DICTIONARY = "SELECT purpose, zdict FROM codec_dicts WHERE id = ?"
+_INSERT_DICTIONARY = "INSERT INTO codec_dicts (purpose, zdict) VALUES (?, ?)"
+# Training samples (rare: ``codec.train_due``): the newest payloads, this till's newest answers
+# (``+terminal_id``: walk ``pos`` backwards, not every event of the till through its index).
+_RECENT_PAYLOADS = "SELECT payload FROM events ORDER BY pos DESC LIMIT 128"
+_RECENT_RESPONSES = (
+    "SELECT response FROM receipts WHERE key IN (SELECT 'sale:' || key FROM events "
+    "WHERE +terminal_id = ? AND kind = 'sale.committed' ORDER BY pos DESC LIMIT 64)"
+)
 _UPDATE_HEAD = "UPDATE heads SET seq = ?, hash = ? WHERE terminal_id = ?"
 _INSERT_HEAD = "INSERT INTO heads (terminal_id, seq, hash) VALUES (?, ?, ?)"
 
@@ -176,9 +205,14 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(self.path)
         self.states = StateCache()
+        # The compression dictionaries of stored payloads and answers (``codec``).
+        self.dicts = Dictionaries()
         try:
             migrate(self.engine)
-        except (DatabaseError, OperationalError, sqlite3.Error) as exc:
+            with self.reader() as tx:
+                for ident, purpose, zdict in tx.raw.execute(_DICTIONARIES).fetchall():
+                    self.dicts.add(ident, purpose, bytes(zdict))
+        except (DatabaseError, OperationalError, sqlite3.Error, ValueError, TypeError) as exc:
             # sqlite3's own errors: ``BEGIN`` is issued on the DB-API connection (make_engine).
             self.engine.dispose()
             reason = exc.orig if isinstance(exc, DatabaseError | OperationalError) else exc
@@ -190,8 +224,9 @@ class Ledger:
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self.engine.begin() as conn:
-            tx = Tx(conn, self.terminal_id, self.states, writer=True)
+            tx = Tx(conn, self.terminal_id, self.states, writer=True, dicts=self.dicts)
             yield tx
+        tx.dicts.publish()  # dictionaries it trained are stored now
         # Committed: what the transaction read or wrote is now what the tables hold.
         for customer_id, (version, state) in tx.pending_states.items():
             self.states.put(customer_id, version, state)
@@ -202,7 +237,7 @@ class Ledger:
             conn.execution_options(read_only=True)
             with conn.begin() as trans:
                 try:
-                    yield Tx(conn, self.terminal_id, self.states)
+                    yield Tx(conn, self.terminal_id, self.states, dicts=self.dicts)
                 finally:
                     trans.rollback()
 
@@ -217,10 +252,13 @@ class Tx:
         states: StateCache | None = None,
         *,
         writer: bool = False,
+        dicts: Dictionaries | None = None,
     ) -> None:
         self.conn = conn
         self.terminal_id = terminal_id
         self.raw = raw_connection(conn)
+        # Compression dictionaries (``codec``): this transaction's view of the ledger's.
+        self.dicts = (dicts or Dictionaries()).child(self._dictionary)
         self.states = states if states is not None else StateCache(0)
         self.writer = writer
         # States this (write) transaction read or produced, by customer: (version, state).
@@ -272,18 +310,28 @@ class Tx:
         row = self.raw.execute(_RECEIPT, (key,)).fetchone()
         if row is None:
             return None
-        key, event_id, request_hash, refunded, response = row
+        key, event_id, refunded, response = row
+        event_id = id_text(event_id)
+        # The request hash is the event's own (``data.request_hash``): read when it exists.
+        found = self.raw.execute(_EVENT_PAYLOAD, (event_id,)).fetchone()
+        if found is None:
+            raise LedgerError(f"receipt {key!r} names event {event_id}, which is not in the ledger")
+        request_hash = json.loads(self.payload_text(found[0]))["d"]["request_hash"]
         return Receipt(
             key,
             event_id,
-            request_hash,
+            str(request_hash),
             {int(k): int(v) for k, v in json.loads(refunded).items()},
-            unpack_response(response),
+            unpack_response(response, self.dicts),
         )
 
     def event(self, event_id: str) -> Event | None:
         row = self.conn.execute(select(schema.events).where(schema.events.c.id == event_id)).first()
-        return None if row is None else event_from_row(row)
+        return None if row is None else event_from_row(row, self.dicts)
+
+    def payload_text(self, stored: str | bytes) -> str:
+        """The canonical JSON of a stored ``events.payload`` (``codec.decode_payload``)."""
+        return decode_payload(stored, self.dicts)
 
     def has_event(self, event_id: str) -> bool:
         return self.raw.execute(_HAS_EVENT, (event_id,)).fetchone() is not None
@@ -296,25 +344,17 @@ class Tx:
         if before is not None:
             query = query.where(schema.events.c.pos < before)
         query = query.order_by(schema.events.c.pos.desc()).limit(limit)
-        return [(row.pos, event_from_row(row)) for row in self.conn.execute(query)]
+        return [(row.pos, event_from_row(row, self.dicts)) for row in self.conn.execute(query)]
 
     def redeemed_between(self, start: str, end: str, customer_id: str | None = None) -> int:
-        """Points this till's sales redeemed with ``start <= at < end`` (ISO UTC strings)."""
-        ev = schema.events
-        query = select(ev.c.payload).where(
-            ev.c.terminal_id == self.terminal_id,
-            ev.c.kind == Kind.SALE_COMMITTED.value,
-            ev.c.at >= start,
-            ev.c.at < end,
-        )
-        if customer_id is not None:
-            query = query.where(ev.c.customer_id == customer_id)
-        total = 0
-        for (payload,) in self.conn.execute(query):
-            for posting in json.loads(payload)["p"]:
-                if posting["unit"] == "points" and posting["delta"] < 0:
-                    total -= int(posting["delta"])
-        return total
+        """Points this till's sales redeemed with ``start <= at < end`` (ISO UTC strings),
+        from the ``redemptions`` projection (one row per sale that redeemed points)."""
+        if customer_id is None:
+            row = self.raw.execute(_REDEEMED, (self.terminal_id, start, end)).fetchone()
+        else:
+            args = (self.terminal_id, start, end, customer_id)
+            row = self.raw.execute(_REDEEMED_BY, args).fetchone()
+        return int(row[0] or 0)
 
     def head(self, terminal_id: str | None = None) -> tuple[int, bytes]:
         row = self.raw.execute(_HEAD, (terminal_id or self.terminal_id,)).fetchone()
@@ -338,6 +378,8 @@ class Tx:
             if ev.terminal_id != self.terminal_id:
                 raise ValueError("a till appends only its own events")
             seq += 1
+            if train_due(seq):
+                self._train()
             ev = replace(ev, seq=seq)
             digest = chain_hash(prev, ev)
             cursor = self.raw.execute(
@@ -350,7 +392,7 @@ class Tx:
                     ev.at.isoformat(),
                     ev.customer_id,
                     ev.key,
-                    payload_of(ev),
+                    encode_payload(payload_of(ev), self.dicts),
                     prev,
                     digest,
                 ),
@@ -379,7 +421,26 @@ class Tx:
         return stored
 
     def set_response(self, key: str, response: dict[str, Any]) -> None:
-        self.raw.execute(_SET_RESPONSE, (pack_response(response), key))
+        self.raw.execute(_SET_RESPONSE, (pack_response(response, self.dicts), key))
+
+    # -- compression dictionaries (``codec``) ----------------------------------------------
+    def _dictionary(self, ident: int) -> tuple[str, bytes] | None:
+        row = self.raw.execute(_DICTIONARY, (ident,)).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def _train(self) -> None:
+        """Store dictionaries trained from the newest payloads and this till's newest answers;
+        rows written from now on use them (in this transaction, and after it commits)."""
+        rows = self.raw.execute(_RECENT_PAYLOADS).fetchall()
+        payloads = [self.payload_text(p).encode() for (p,) in reversed(rows)]
+        rows = self.raw.execute(_RECENT_RESPONSES, (self.terminal_id,)).fetchall()
+        responses = [response_text(r, self.dicts) for (r,) in reversed(rows)]
+        for purpose, samples in ((PAYLOAD, payloads), (RESPONSE, responses)):
+            zdict = train([s for s in samples if s])
+            if len(zdict) >= 1024:  # too little to learn from: keep the current one
+                ident = self.raw.execute(_INSERT_DICTIONARY, (purpose, zdict)).lastrowid
+                assert ident is not None
+                self.dicts.add(ident, purpose, zdict)
 
     def _set_head(self, seq: int, digest: bytes) -> None:
         updated = self.raw.execute(_UPDATE_HEAD, (seq, digest, self.terminal_id))

@@ -13,7 +13,16 @@ from sqlalchemy import create_engine, select
 from . import schema
 from .codec import GENESIS, chain_hash, event_from_row
 from .projections import rebuild_into, snapshot
-from .store import Ledger
+from .snapshot import (
+    COMPLETE,
+    baseline,
+    baseline_heads,
+    load_baseline_into,
+    stored_digest,
+    stored_header,
+    stored_pages,
+)
+from .store import Ledger, LedgerError
 
 
 @dataclass
@@ -49,7 +58,31 @@ def verify(ledger: Ledger) -> Report:
         conn = tx.conn
         rows = list(conn.execute(select(schema.events).order_by(schema.events.c.pos)))
         report.events = len(rows)
-        last: dict[str, tuple[int, bytes, str]] = {}
+        # A bootstrapped till (``ledger.snapshot``) starts from a baseline: every till's chain
+        # continues from its head at the snapshot, and the projections are rebuilt from the
+        # baseline plus the events after it. The baseline must be complete and unedited.
+        base = baseline(conn)
+        if base is not None and base.status != COMPLETE:
+            report.problems.append(
+                Problem(
+                    f"the bootstrap from snapshot {base.cursor} is incomplete ({base.customers} "
+                    f"of {base.total} customers loaded): run `pos-loyalty sync --bootstrap`"
+                )
+            )
+            return report
+        if base is not None and stored_digest(conn) != base.digest:
+            report.problems.append(
+                Problem(
+                    f"the baseline (snapshot {base.cursor}) does not match the digest the "
+                    "server gave for it: it was edited"
+                )
+            )
+            return report
+        last: dict[str, tuple[int, bytes, str]] = {
+            tid: (seq, digest, "") for tid, (seq, digest) in baseline_heads(conn).items()
+        }
+        header = stored_header(conn) if base is not None else None
+        pages = list(stored_pages(conn)) if base is not None else []
         # Slots of other tills' chains whose events the server does not serve (sync): the
         # links are checked through them, the events are not held here.
         # Never for this till's own chain: every one of its events must be here, or a
@@ -62,7 +95,7 @@ def verify(ledger: Ledger) -> Report:
         events = []
         for row in rows:
             try:
-                ev = event_from_row(row)
+                ev = event_from_row(row, tx.dicts)
             except (ValueError, KeyError, TypeError) as exc:
                 report.problems.append(
                     Problem(f"cannot be decoded ({exc})", row.id, row.terminal_id, row.seq)
@@ -116,7 +149,9 @@ def verify(ledger: Ledger) -> Report:
     scratch = create_engine("sqlite://")
     schema.metadata.create_all(scratch)
     with scratch.begin() as sconn:
-        rebuild_into(sconn, events)
+        if header is not None:
+            load_baseline_into(sconn, header, pages)
+        rebuild_into(sconn, events, on_baseline=header is not None)
         rebuilt = snapshot(sconn)
     scratch.dispose()
     for table in stored:
@@ -133,9 +168,16 @@ def verify(ledger: Ledger) -> Report:
 
 
 def rebuild(ledger: Ledger) -> None:
-    """Replace the projections with a rebuild from the events (keeps cached responses)."""
+    """Replace the projections with a rebuild from the events (keeps cached responses); on
+    a bootstrapped till from its baseline plus the events after it."""
     with ledger.transaction() as tx:
         conn = tx.conn
+        base = baseline(conn)
+        if base is not None and base.status != COMPLETE:
+            raise LedgerError(
+                "the bootstrap of this ledger is incomplete: finish it with "
+                "`pos-loyalty sync --bootstrap` before rebuilding"
+            )
         responses = {r.key: r.response for r in conn.execute(select(schema.receipts))}
         for table in (
             schema.customers,
@@ -143,16 +185,19 @@ def rebuild(ledger: Ledger) -> None:
             schema.balances,
             schema.lots,
             schema.receipts,
+            schema.redemptions,  # 0005_compact
             schema.usage,  # the program catalog's projections (0002_catalog)
             schema.coupons,
             schema.referrals,
         ):
             conn.execute(table.delete())
         events = [
-            event_from_row(r)
+            event_from_row(r, tx.dicts)
             for r in conn.execute(select(schema.events).order_by(schema.events.c.pos))
         ]
-        rebuild_into(conn, events)
+        if base is not None:
+            load_baseline_into(conn, stored_header(conn), list(stored_pages(conn)))
+        rebuild_into(conn, events, on_baseline=base is not None)
         for key, response in responses.items():
             conn.execute(
                 schema.receipts.update()

@@ -247,21 +247,23 @@ class TerminalApp(App[None]):
     def refresh_status(self) -> None:
         self.run_worker(self._refresh_status(), group="status", exclusive=True, exit_on_error=False)
 
-    def _status_snapshot(self) -> tuple[SyncStatus, int | None]:
+    def _status_snapshot(self) -> tuple[SyncStatus, int | None, int]:
         try:
             sync = self.sync.sync_status()
         except Exception as exc:
             log.error("sync status provider failed: %s", type(exc).__name__, exc_info=exc)
             sync = SyncStatus(message="sync status unknown")
         try:
-            waiting: int | None = int(self.service.health()["events_waiting"])
+            health = self.service.health()
+            waiting: int | None = int(health["events_waiting"])
         except Exception as exc:
             log.error("health failed: %s", type(exc).__name__, exc_info=exc)
             waiting = None
-        return sync, waiting
+        # The program configuration version in use (0: the till's own file).
+        return sync, waiting, self.service.programs_version
 
     async def _refresh_status(self) -> None:
-        sync, waiting = await self.call(self._status_snapshot)
+        sync, waiting, programs_version = await self.call(self._status_snapshot)
         key = (sync.online, sync.configured, sync.last_sync, sync.message, waiting)
         if key != self._last_published:
             self._last_published = key
@@ -273,6 +275,7 @@ class TerminalApp(App[None]):
             sync_message=sync.message,
             last_sync=sync.last_sync,
             events_waiting=waiting,
+            programs_version=programs_version,
         )
 
     def watch_status_state(self, state: StatusState) -> None:

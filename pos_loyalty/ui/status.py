@@ -29,6 +29,7 @@ class StatusState:
     terminal_id: str = ""
     store_id: str = ""
     api: str = ""  # "API :8765", "API off: port 8765 busy", "" when not embedded
+    programs_version: int = 0  # the central server's program configuration in use (0: none)
     extra: tuple[str, ...] = field(default=())
 
     def with_reader(self, name: str, state: str) -> StatusState:
@@ -66,6 +67,9 @@ def status_parts(state: StatusState) -> list[tuple[int, str, str]]:
     parts.append((4, f"{state.terminal_id}@{state.store_id}", state.terminal_id))
     if state.api:
         parts.append((5, state.api, state.api))
+    if state.programs_version:
+        programs = f"programs v{state.programs_version}"
+        parts.append((5, programs, programs))
     parts.extend((6, e, e) for e in state.extra)
     return parts
 

@@ -24,7 +24,9 @@ from starlette.types import ASGIApp
 from pos_loyalty.asgi import HTTP_ERROR_CODES, BodyLimit, error
 from sync.protocol import (
     MAX_PAGE,
+    MAX_SNAPSHOT_PAGE,
     PROTOCOL_VERSION,
+    BootstrapPage,
     PairRequest,
     PairResponse,
     ProgramConfig,
@@ -138,8 +140,8 @@ def create_server_app(
     )
     async def push(request: Request, auth: TillAuth = Depends(till)) -> Response:
         # The body is validated straight from its bytes (one pass, no intermediate dict);
-        # BodyLimit has bounded it already. The store built (and validated) the answer:
-        # serialise it once, no second pass.
+        # BodyLimit has bounded it already. The store encodes the answer itself
+        # (``ingest_json``: the fields of ``PushResponse``), no model pass.
         raw = await request.body()
         try:
             body = PushRequest.model_validate_json(raw)
@@ -147,16 +149,17 @@ def create_server_app(
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]
             ) from None
-        answer = await run_in_threadpool(store.ingest, auth, body)
-        return Response(answer.model_dump_json(), media_type="application/json")
+        answer = await run_in_threadpool(store.ingest_json, auth, body)
+        return Response(answer, media_type="application/json")
 
     @app.get("/v1/sync/pull")
     def pull(
         auth: TillAuth = Depends(till),
         after: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+        scope: Annotated[str, Query(pattern="^(all|region)$")] = "all",
     ) -> PullResponse:
-        return store.pull(auth, after, limit)
+        return store.pull(auth, after, limit, scope)
 
     @app.get("/v1/sync/snapshot")
     def snapshot(
@@ -166,9 +169,35 @@ def create_server_app(
     ) -> SnapshotPage:
         return store.snapshot(auth, after, limit)
 
+    @app.get(
+        "/v1/sync/bootstrap",
+        response_model=BootstrapPage,
+        responses={200: {"content": {"application/json": {}}}},
+    )
+    def bootstrap(
+        auth: TillAuth = Depends(till),
+        at: Annotated[str | None, Query(max_length=200)] = None,
+        after: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_SNAPSHOT_PAGE)] = 10_000,
+        scope: Annotated[str, Query(pattern="^(all|region)$")] = "all",
+    ) -> Response:
+        # Assembled by the store from customers it encoded once (``sync.server.snapshots``).
+        body = store.bootstrap_page(auth, at, after, limit, scope)
+        return Response(body, media_type="application/json")
+
     @app.get("/v1/sync/config")
-    def config(auth: TillAuth = Depends(till)) -> ProgramConfig:
+    def config(
+        auth: TillAuth = Depends(till),
+        have: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    ) -> ProgramConfig:
+        # Always the authenticated till's own merchant. ``have``: the version the till holds;
+        # at or above the current one the answer is a small ``unchanged`` (each sync round
+        # asks, so this stays cheap).
         version, text = store.program_config(auth.merchant_id)
-        return ProgramConfig(version=version, config=text)
+        if version <= have:
+            return ProgramConfig(
+                version=version, config="", merchant_id=auth.merchant_id, unchanged=True
+            )
+        return ProgramConfig(version=version, config=text, merchant_id=auth.merchant_id)
 
     return BodyLimit(app, max_body_bytes)  # shared with the plugin API

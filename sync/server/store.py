@@ -26,6 +26,12 @@ Ingest is one transaction per batch:
    and recorded as a ``coupon_reused`` conflict naming both events, the tills and the
    customer. Its answer is ``accepted`` with ``reason = coupon_reused`` (also on a resend),
    and the till records the conflict locally.
+
+Cost (PostgreSQL): a batch is a handful of statements whatever its size — look-ups by one
+array parameter, chain and event rows by ``COPY``, the balance projection folded in Python
+and written once per (customer, program, unit) the batch touched (one ``UPDATE`` from a JSON
+document, a ``COPY`` of new rows). The HTTP answer is encoded straight from the results
+(``ingest_json``), with no model pass.
 """
 
 from __future__ import annotations
@@ -35,21 +41,18 @@ import json
 import secrets
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
     Column,
     ColumnElement,
     Connection,
     Engine,
-    Integer,
-    LargeBinary,
     Table,
     any_,
     bindparam,
@@ -63,6 +66,7 @@ from sqlalchemy import (
 from sqlalchemy import bindparam as bp
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from pos_loyalty.config import ConfigError, load_programs_text
 from pos_loyalty.domain.events import Kind
 from pos_loyalty.domain.ids import expiry_event_id
 from pos_loyalty.ledger.codec import GENESIS
@@ -84,9 +88,12 @@ from sync.protocol import (
 )
 
 from . import schema
+from .snapshots import ALL, REGION, SnapshotCache, fold_events, page_json, regions
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_ADJUSTED = Kind.ACCOUNT_ADJUSTED.value
 _CHUNK = 500
+MAX_PROGRAM_CONFIG_BYTES = 1024 * 1024
 
 
 class SyncError(Exception):
@@ -147,17 +154,15 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
         yield items[i : i + size]
 
 
-def _pg_type(col: Column[Any]) -> str:
-    kind = col.type
-    if isinstance(kind, Boolean):
-        return "boolean"
-    if isinstance(kind, BigInteger):
-        return "bigint"
-    if isinstance(kind, Integer):
-        return "integer"
-    if isinstance(kind, LargeBinary):
-        return "bytea"
-    return "text"
+def _pg_text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL ``text[]`` literal (``{"a","b"}``): one string parameter, much cheaper
+    to build than adapting a Python list element by element."""
+    quoted = []
+    for v in values:
+        if "\\" in v or '"' in v:
+            v = v.replace("\\", "\\\\").replace('"', '\\"')
+        quoted.append(v)
+    return '{"' + '","'.join(quoted) + '"}' if quoted else "{}"
 
 
 def make_server_engine(url: str) -> Engine:
@@ -202,6 +207,7 @@ class ServerStore:
         self.engine = make_server_engine(url)
         self.is_sqlite = url.startswith("sqlite")
         migrate(self.engine)
+        self.snapshots = SnapshotCache()  # bootstrap snapshots, per process (``snapshots``)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -352,38 +358,40 @@ class ServerStore:
         return col == any_(bindparam(None, list(values), type_=ARRAY(col.type)))
 
     def _insert_rows(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-        """Insert ``rows`` (same keys each): PostgreSQL ``INSERT ... SELECT FROM unnest(...)``
-        with one array per column, in one statement; SQLite an executemany."""
+        """Insert ``rows`` (same keys each): PostgreSQL ``COPY ... FROM STDIN`` (one stream,
+        rows formatted by psycopg's C dumpers: several times cheaper than an INSERT of the
+        same rows); SQLite an executemany."""
         if not rows:
             return
         if self.is_sqlite:
             conn.execute(insert(table), rows)
             return
-        # One JSON document of row arrays, expanded by the server: ``json.dumps`` (C) is much
-        # cheaper than adapting one typed array per column element by element. bytea values
-        # travel as hex and are decoded in SQL.
-        cols = [c for c in table.columns if c.name in rows[0]]
-        names = ", ".join(f'"{c.name}"' for c in cols)
-        types = [_pg_type(c) for c in cols]
-        binary = [i for i, kind in enumerate(types) if kind == "bytea"]
-        values = ", ".join(
-            f"decode(r->>{i}, 'hex')" if kind == "bytea" else f"(r->>{i})::{kind}"
-            for i, kind in enumerate(types)
-        )
-        get = itemgetter(*(c.name for c in cols))
-        data = [list(get(r)) for r in rows] if len(cols) > 1 else [[get(r)] for r in rows]
-        for row in data if binary else ():
-            for i in binary:
-                if row[i] is not None:
-                    row[i] = row[i].hex()
-        conn.exec_driver_sql(
-            f'INSERT INTO "{table.name}" ({names})'
-            f" SELECT {values} FROM jsonb_array_elements(%(rows)s::jsonb) AS r",
-            {"rows": json.dumps(data, ensure_ascii=False, separators=(",", ":"))},
-        )
+        names = [c.name for c in table.columns if c.name in rows[0]]
+        get = itemgetter(*names)
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        quoted = ", ".join(f'"{n}"' for n in names)
+        with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as cp:
+            if len(names) == 1:
+                for r in rows:
+                    cp.write_row((get(r),))
+            else:
+                for r in rows:
+                    cp.write_row(get(r))
 
     # -- ingest ----------------------------------------------------------------------------
     def ingest(self, auth: TillAuth, request: PushRequest) -> PushResponse:
+        """Store a pushed batch (one transaction); the answer, validated."""
+        return PushResponse.model_validate(self._ingest(auth, request))
+
+    def ingest_json(self, auth: TillAuth, request: PushRequest) -> bytes:
+        """As :meth:`ingest`, the answer as the JSON bytes ``PushResponse`` serialises to
+        (every field present), encoded directly: the HTTP path needs no model of it."""
+        return json.dumps(
+            self._ingest(auth, request), ensure_ascii=False, separators=(",", ":")
+        ).encode()
+
+    def _ingest(self, auth: TillAuth, request: PushRequest) -> dict[str, Any]:
         if request.protocol != PROTOCOL_VERSION:
             raise SyncError(426, "protocol_unsupported", f"protocol {request.protocol} unknown")
         t = auth.terminal_id
@@ -429,14 +437,7 @@ class ServerStore:
                 )
             ):
                 slots[row.seq].append(bytes(row.hash))
-            known: dict[str, Any] = {}
-            for chunk in self._chunked(ids):
-                for known_row in conn.execute(
-                    select(schema.events.c.id, schema.events.c.hash, schema.events.c.payload).where(
-                        schema.events.c.merchant_id == m, self._among(schema.events.c.id, chunk)
-                    )
-                ):
-                    known[known_row.id] = known_row
+            known: dict[str, Any] = {row.id: row for row in self._known_events(conn, m, ids)}
             taken_seqs: set[int] = {
                 r.seq
                 for r in conn.execute(
@@ -535,7 +536,9 @@ class ServerStore:
                                 "message": message,
                             }
                         )
-                elif self._is_reconciliation(conn, t, ev, superseded_here, known, parsed[ev.seq]):
+                elif ev.kind == _ADJUSTED and self._is_reconciliation(
+                    conn, t, ev, superseded_here, known, parsed[ev.seq]
+                ):
                     slot.update(status="local_only", body=ev.model_dump_json())
                     results.append(
                         {
@@ -616,12 +619,43 @@ class ServerStore:
                 )
             self._insert_rows(conn, schema.conflicts, conflicts)
             self._flag_resent(conn, m, results)
-        # Built (and validated) once, in one pass over the whole answer.
-        return PushResponse.model_validate(
-            {
-                "results": results,
-                "head": {"epoch": epoch, "seq": head_seq, "hash": head_hash.hex()},
-            }
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "results": [
+                {
+                    "id": r["id"],
+                    "seq": r["seq"],
+                    "status": r["status"].value,
+                    "reason": r.get("reason"),
+                    "message": r.get("message"),
+                    "server_seq": r.get("server_seq"),
+                    "winner_payload": r.get("winner_payload"),
+                }
+                for r in results
+            ],
+            "head": {"epoch": epoch, "seq": head_seq, "hash": head_hash.hex()},
+        }
+
+    def _known_events(self, conn: Connection, merchant_id: str, ids: list[str]) -> list[Any]:
+        """``(id, hash, payload)`` of the events among ``ids`` the merchant already holds."""
+        e = schema.events
+        if self.is_sqlite:
+            found: list[Any] = []
+            for chunk in _chunks(ids):
+                found.extend(
+                    conn.execute(
+                        select(e.c.id, e.c.hash, e.c.payload).where(
+                            e.c.merchant_id == merchant_id, e.c.id.in_(chunk)
+                        )
+                    )
+                )
+            return found
+        return list(
+            conn.exec_driver_sql(
+                "SELECT id, hash, payload FROM events"
+                " WHERE merchant_id = %(m)s AND id = ANY(%(ids)s::text[])",
+                {"m": merchant_id, "ids": _pg_text_array(ids)},
+            ).all()
         )
 
     def _coupon_uses(
@@ -772,11 +806,26 @@ class ServerStore:
         customers = sorted({r["customer_id"] for r in rows if r["customer_id"]})
         current: dict[tuple[str, str, str], tuple[int, bool]] = {}
         b = schema.balances
-        for chunk in self._chunked(customers):
-            for row in conn.execute(
-                select(b).where(b.c.merchant_id == merchant_id, self._among(b.c.customer_id, chunk))
-            ):
-                current[(row.customer_id, row.program, row.unit)] = (row.balance, row.overdraft)
+        if self.is_sqlite:
+            found: list[Any] = []
+            for chunk in _chunks(customers):
+                found.extend(
+                    conn.execute(
+                        select(
+                            b.c.customer_id, b.c.program, b.c.unit, b.c.balance, b.c.overdraft
+                        ).where(b.c.merchant_id == merchant_id, b.c.customer_id.in_(chunk))
+                    )
+                )
+        else:
+            found = list(
+                conn.exec_driver_sql(
+                    "SELECT customer_id, program, unit, balance, overdraft FROM balances"
+                    " WHERE merchant_id = %(m)s AND customer_id = ANY(%(c)s::text[])",
+                    {"m": merchant_id, "c": _pg_text_array(customers)},
+                ).all()
+            )
+        for c, p, u, v, f in found:
+            current[(c, p, u)] = (v, f)
         before = dict(current)
         flagged: list[dict[str, Any]] = []
         for r in rows:
@@ -805,38 +854,35 @@ class ServerStore:
                         }
                     )
                 current[key] = (value, flag)
-        inserts = [
-            {
-                "merchant_id": merchant_id,
-                "customer_id": c,
-                "program": p,
-                "unit": u,
-                "balance": v,
-                "overdraft": f,
-            }
-            for (c, p, u), (v, f) in current.items()
-            if (c, p, u) not in before
-        ]
-        updates = [
-            {"m": merchant_id, "c": c, "p": p, "u": u, "v": v, "f": f}
-            for (c, p, u), (v, f) in current.items()
-            if (c, p, u) in before and before[(c, p, u)] != (v, f)
-        ]
-        self._insert_rows(conn, b, inserts)
+        # Written once per (customer, program, unit) the batch touched.
+        changed = [(k, vf) for k, vf in current.items() if before.get(k) != vf]
+        self._insert_rows(
+            conn,
+            b,
+            [
+                {
+                    "merchant_id": merchant_id,
+                    "customer_id": c,
+                    "program": p,
+                    "unit": u,
+                    "balance": v,
+                    "overdraft": f,
+                }
+                for (c, p, u), (v, f) in changed
+                if (c, p, u) not in before
+            ],
+        )
+        updates = [(c, p, u, v, f) for (c, p, u), (v, f) in changed if (c, p, u) in before]
         if updates and not self.is_sqlite:
+            # One statement: a JSON document of rows, expanded by the server.
             conn.exec_driver_sql(
-                "UPDATE balances AS b SET balance = u.v, overdraft = u.f"
-                " FROM unnest(%(c)b::text[], %(p)b::text[], %(u)b::text[], %(v)b::bigint[],"
-                " %(f)b::boolean[]) AS u(c, p, un, v, f)"
-                " WHERE b.merchant_id = %(m)s AND b.customer_id = u.c AND b.program = u.p"
-                " AND b.unit = u.un",
+                "UPDATE balances AS b SET balance = (r->>3)::bigint,"
+                " overdraft = (r->>4)::boolean FROM jsonb_array_elements(%(rows)s::jsonb) AS r"
+                " WHERE b.merchant_id = %(m)s AND b.customer_id = r->>0 AND b.program = r->>1"
+                " AND b.unit = r->>2",
                 {
                     "m": merchant_id,
-                    "c": [x["c"] for x in updates],
-                    "p": [x["p"] for x in updates],
-                    "u": [x["u"] for x in updates],
-                    "v": [x["v"] for x in updates],
-                    "f": [x["f"] for x in updates],
+                    "rows": json.dumps(updates, ensure_ascii=False, separators=(",", ":")),
                 },
             )
         elif updates:
@@ -849,12 +895,69 @@ class ServerStore:
                     b.c.unit == bp("u"),
                 )
                 .values(balance=bp("v"), overdraft=bp("f")),
-                updates,
+                [
+                    {"m": merchant_id, "c": c, "p": p, "u": u, "v": v, "f": f}
+                    for c, p, u, v, f in updates
+                ],
             )
         self._insert_rows(conn, schema.overdrafts, flagged)
 
     # -- reads -----------------------------------------------------------------------------
-    def pull(self, auth: TillAuth, after: str | None, limit: int) -> PullResponse:
+    @contextmanager
+    def _consistent(self) -> Iterator[Connection]:
+        """One read transaction seeing one state of the database: REPEATABLE READ on
+        PostgreSQL (a snapshot for the whole transaction); SQLite's transaction is one."""
+        with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
+    def _till_region(self, conn: Connection, auth: TillAuth, scope: str) -> str | None:
+        """The region whose customers a till asking for ``scope`` gets (None: all)."""
+        if scope == ALL:
+            return None
+        if scope != REGION:
+            raise SyncError(422, "invalid_request", f"scope must be {ALL!r} or {REGION!r}.")
+        region = conn.execute(
+            select(schema.stores.c.region).where(schema.stores.c.id == auth.store_id)
+        ).scalar_one_or_none()
+        if region is None:
+            raise SyncError(
+                409,
+                "no_region",
+                f"store {auth.store_id} has no region: a region-only till needs one "
+                "(set stores.region), or sync all customers (region_only = false).",
+            )
+        return str(region)
+
+    def _outside_region(
+        self, conn: Connection, m: str, region: str, rows: Sequence[Any]
+    ) -> set[str]:
+        """Ids of the events in ``rows`` whose customer's home store (the store of the till
+        that enrolled them, first enrolment on the server) is not in ``region``. Events
+        without a customer, and customers not enrolled on the server, are in every region."""
+        e, t, st = schema.events, schema.terminals, schema.stores
+        customers = sorted({r.customer_id for r in rows if r.customer_id})
+        home: dict[str, str | None] = {}
+        for chunk in self._chunked(customers):
+            for row in conn.execute(
+                select(e.c.customer_id, st.c.region)
+                .join(t, t.c.id == e.c.terminal_id)
+                .join(st, st.c.id == t.c.store_id)
+                .where(
+                    e.c.merchant_id == m,
+                    e.c.kind == Kind.CUSTOMER_ENROLLED.value,
+                    self._among(e.c.customer_id, chunk),
+                )
+                .order_by(e.c.server_seq)
+            ):
+                home.setdefault(row.customer_id, row.region)
+        return {r.id for r in rows if r.customer_id in home and home[r.customer_id] != region}
+
+    def pull(self, auth: TillAuth, after: str | None, limit: int, scope: str = ALL) -> PullResponse:
+        """Slots after ``after`` (other tills' events; stubs for slots not served). With
+        ``scope=region`` the events of customers from other regions are stubs too."""
         m = auth.merchant_id
         position = 0
         if after:
@@ -887,13 +990,17 @@ class ServerStore:
                     )
                 ):
                     rows[row.id] = row
+            region = self._till_region(conn, auth, scope)
+            outside: set[str] = set()
+            if region is not None:
+                outside = self._outside_region(conn, m, region, list(rows.values()))
             conn.rollback()
         events: list[PulledEvent] = []
         stubs: list[ChainStub] = []
         for s in slots:
             if s.terminal_id == auth.terminal_id:
                 continue
-            if s.status == "accepted":
+            if s.status == "accepted" and s.event_id not in outside:
                 events.append(
                     PulledEvent(server_seq=s.server_seq, event=WireEvent.from_row(rows[s.event_id]))
                 )
@@ -912,9 +1019,67 @@ class ServerStore:
             events=events, stubs=stubs, cursor=make_cursor(m, end), more=len(slots) == limit
         )
 
+    def bootstrap_page(
+        self,
+        auth: TillAuth,
+        at: str | None,
+        after: str | None,
+        limit: int,
+        scope: str = ALL,
+    ) -> bytes:
+        """One page of the full snapshot (``BootstrapPage`` as JSON bytes), see
+        ``sync.server.snapshots``. Without ``at`` the snapshot is taken at the newest
+        position; later pages name it with ``at`` (the first page's ``cursor``)."""
+        m = auth.merchant_id
+        with self._consistent() as conn:
+            last = int(
+                conn.execute(
+                    select(schema.merchants.c.last_seq).where(schema.merchants.c.id == m)
+                ).scalar_one()
+            )
+            seq = last
+            if at:
+                try:
+                    merchant, seq = parse_cursor(at)
+                except ValueError:
+                    raise SyncError(400, "bad_cursor", "That is not a sync cursor.") from None
+                if merchant != m:
+                    raise SyncError(
+                        403, "foreign_cursor", "That cursor belongs to another merchant."
+                    )
+                if seq > last:
+                    raise SyncError(
+                        409,
+                        "snapshot_unavailable",
+                        f"the server holds positions only up to {last} (restored from a "
+                        "backup?): start the bootstrap again.",
+                    )
+            region = self._till_region(conn, auth, scope)
+            snap = self.snapshots.get(conn, m, seq, fold_events)
+            cursor = make_cursor(m, seq)
+            view = snap.view(cursor, region, regions(conn, m) if region else {})
+        return page_json(snap, view, cursor, scope, after, limit)
+
+    def warm_snapshots(self) -> int:
+        """Build every merchant's snapshot at its newest position (the server does this in
+        the background when it starts, so the first bootstrap after a restart does not pay
+        for the fold of every event). Returns the number of merchants."""
+        with self.engine.connect() as conn:
+            merchants = [r.id for r in conn.execute(select(schema.merchants.c.id))]
+            conn.rollback()
+        for m in merchants:
+            with self._consistent() as conn:
+                last = int(
+                    conn.execute(
+                        select(schema.merchants.c.last_seq).where(schema.merchants.c.id == m)
+                    ).scalar_one()
+                )
+                self.snapshots.get(conn, m, last, fold_events)
+        return len(merchants)
+
     def snapshot(self, auth: TillAuth, after: str | None, limit: int) -> SnapshotPage:
         b = schema.balances
-        with self.engine.connect() as conn:
+        with self._consistent() as conn:
             last = conn.execute(
                 select(schema.merchants.c.last_seq).where(schema.merchants.c.id == auth.merchant_id)
             ).scalar_one()
@@ -942,7 +1107,6 @@ class ServerStore:
                 if customers
                 else []
             )
-            conn.rollback()
         return SnapshotPage(
             cursor=make_cursor(auth.merchant_id, last),
             balances=[
@@ -1002,15 +1166,49 @@ class ServerStore:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def program_config(self, merchant_id: str) -> tuple[int, str]:
+        """The merchant's program configuration: ``(version, TOML text)``; ``(0, "")`` when
+        none was ever set (tills then use the [[programs]] of their own files)."""
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(schema.programs).where(schema.programs.c.merchant_id == merchant_id)
             ).first()
         return (0, "") if row is None else (int(row.version), str(row.config))
 
-    def set_program_config(self, merchant_id: str, config: str) -> int:
-        """Store a new program configuration for the merchant; returns its version."""
+    def set_program_config(
+        self, merchant_id: str, config: str, *, source: str = "<program configuration>"
+    ) -> tuple[int, bool]:
+        """Store a new program configuration for the merchant: ``(version, changed)``.
+
+        Checked first with the till's own validation (``load_programs_text``): a bad one
+        raises ``SyncError(422, "invalid_program_config")`` naming ``source``, the key and
+        the problem, and nothing is stored. Versions only go up (1, 2, ...), assigned under
+        the merchant's row lock; the same text as the current version is a no-op that keeps
+        the version (``changed`` False), so re-running a deployment does not make every till
+        re-apply it. An unknown merchant is refused (``404 unknown_merchant``).
+        """
+        if len(config.encode("utf-8")) > MAX_PROGRAM_CONFIG_BYTES:
+            raise SyncError(
+                413,
+                "program_config_too_large",
+                f"{source}: larger than {MAX_PROGRAM_CONFIG_BYTES // 1024} KiB",
+            )
+        try:
+            load_programs_text(config, source)
+        except ConfigError as exc:
+            raise SyncError(422, "invalid_program_config", str(exc)) from None
         with self.engine.begin() as conn:
+            merchant = conn.execute(
+                select(schema.merchants.c.id)
+                .where(schema.merchants.c.id == merchant_id)
+                .with_for_update()
+            ).first()
+            if merchant is None:
+                raise SyncError(
+                    404,
+                    "unknown_merchant",
+                    f"unknown merchant {merchant_id!r}: no till was ever registered for it "
+                    f"(`server token create --merchant {merchant_id} ...` registers one)",
+                )
             row = conn.execute(
                 select(schema.programs)
                 .where(schema.programs.c.merchant_id == merchant_id)
@@ -1022,18 +1220,19 @@ class ServerStore:
                         merchant_id=merchant_id, version=1, config=config
                     )
                 )
-                return 1
+                return 1, True
+            if str(row.config) == config:
+                return int(row.version), False
             version = int(row.version) + 1
             conn.execute(
                 update(schema.programs)
                 .where(schema.programs.c.merchant_id == merchant_id)
                 .values(version=version, config=config)
             )
-            return version
+            return version, True
 
 
-@dataclass(frozen=True)
-class _Known:
+class _Known(NamedTuple):  # (a tuple: made once per accepted event, cheaply)
     id: str
     hash: bytes
     payload: str

@@ -90,6 +90,17 @@ def rows(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+def payload_text(path: Path, stored: bytes) -> str:
+    """A stored ``events.payload`` (compressed, ``codec``) as the canonical JSON text."""
+    assert isinstance(stored, bytes) and stored[:1] == b"\x01", stored
+    ledger = Ledger(path, "till-1")
+    try:
+        with ledger.reader() as tx:
+            return tx.payload_text(stored)
+    finally:
+        ledger.close()
+
+
 # --------------------------------------------------------------------------- durability
 
 
@@ -132,7 +143,7 @@ def test_event_ids_are_uuid7_and_unique(tmp_path: Path) -> None:
         version = uuid.UUID(event_id).version
         if kind == "points.expired":
             # derived from the lot, so two tills expiring it make the same event
-            lot = json.loads(payload)["d"]["lot"]
+            lot = json.loads(payload_text(tmp_path / "ledger.sqlite", payload))["d"]["lot"]
             assert event_id == expiry_event_id(lot)
             assert version == 5
             expiries += 1
@@ -168,9 +179,13 @@ def test_hash_chain_links_every_event(tmp_path: Path) -> None:
         "FROM events ORDER BY pos",
     )
     prev = bytes(32)
+    sizes = [0, 0]  # stored payload bytes, canonical JSON bytes
     for event_id, till, seq, kind, at, customer, key, payload, prev_hash, digest in found:
         assert prev_hash == prev
-        p = json.loads(payload)
+        text = payload_text(tmp_path / "ledger.sqlite", payload)
+        sizes[0] += len(payload)
+        sizes[1] += len(text.encode())
+        p = json.loads(text)
         body = {
             "id": event_id,
             "kind": kind,
@@ -184,6 +199,7 @@ def test_hash_chain_links_every_event(tmp_path: Path) -> None:
         }
         assert digest == hashlib.sha256(prev + _canonical(body)).digest()
         prev = digest
+    assert sizes[0] < sizes[1] / 2  # stored compressed; hashed as the text
     assert rows(tmp_path / "ledger.sqlite", "SELECT terminal_id, seq, hash FROM heads") == [
         ("till-1", len(found), prev)
     ]
@@ -300,3 +316,35 @@ def test_a_file_that_is_not_a_ledger_is_refused_and_left_alone(
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert path.read_bytes() == garbage
+
+
+# --------------------------------------------------------------------------- stored forms
+
+
+def test_dictionaries_trained_by_one_process_are_read_by_another(tmp_path: Path) -> None:
+    """A till trains its compression dictionaries at its 512th event (``codec``); a second
+    ``Ledger`` on the same file opened before that (the sync process) still reads the rows
+    written with them, and new rows it writes verify."""
+    service = open_service(tmp_path)
+    other = Ledger(tmp_path / "ledger.sqlite", "till-1")  # opened before any training
+    try:
+        card = service.enrol(Profile(), at=T0)["card"]["code"]
+        for n in range(515):
+            sale(service, f"R-{n}", card, T0 + timedelta(minutes=n), ("espresso", "coffee", 1, 320))
+        trained = rows(tmp_path / "ledger.sqlite", "SELECT id, purpose FROM codec_dicts")
+        assert sorted(p for _, p in trained) == ["payload", "response"]
+        ident = next(i for i, p in trained if p == "payload")
+        newest = rows(tmp_path / "ledger.sqlite", "SELECT payload FROM events ORDER BY pos DESC")[
+            0
+        ][0]
+        assert newest[1] == ident  # written with the trained dictionary
+        report = verify(other)
+        assert report.ok, [str(p) for p in report.problems]
+        with other.reader() as tx:
+            assert tx.receipt("sale:R-514") is not None
+            assert tx.receipt("sale:R-514").response == sale(  # type: ignore[union-attr]
+                service, "R-514", card, T0 + timedelta(minutes=514), ("espresso", "coffee", 1, 320)
+            )
+    finally:
+        other.close()
+        service.ledger.close()

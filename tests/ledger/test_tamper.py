@@ -16,6 +16,7 @@ from pos_loyalty import cli
 from pos_loyalty.bootstrap import ledger_path
 from pos_loyalty.config import load_settings
 from pos_loyalty.domain.basket import Basket, BasketLine
+from pos_loyalty.ledger.codec import encode_payload
 from pos_loyalty.ledger.store import Ledger
 from pos_loyalty.ledger.verify import Report, verify
 from pos_loyalty.service import Profile, SaleRequest, Service
@@ -53,11 +54,34 @@ def execute(data_dir: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 def sales(data_dir: Path) -> list[tuple[str, int, str]]:
-    """(id, seq, payload) of the sale events, in order."""
-    return execute(
-        data_dir,
-        "SELECT id, seq, payload FROM events WHERE kind = 'sale.committed' ORDER BY pos",
-    )
+    """(id, seq, payload text) of the sale events, in order."""
+    return [
+        (event_id, seq, text(data_dir, payload))
+        for event_id, seq, payload in execute(
+            data_dir,
+            "SELECT id, seq, payload FROM events WHERE kind = 'sale.committed' ORDER BY pos",
+        )
+    ]
+
+
+def text(data_dir: Path, stored: bytes) -> str:
+    """A stored payload (compressed, ``codec``) as its canonical JSON text."""
+    ledger = Ledger(db(data_dir), "till-1")
+    try:
+        with ledger.reader() as tx:
+            return tx.payload_text(stored)
+    finally:
+        ledger.close()
+
+
+def stored(data_dir: Path, payload: str) -> bytes:
+    """The stored form of a payload text, made as the ledger makes it (a real edit)."""
+    ledger = Ledger(db(data_dir), "till-1")
+    try:
+        with ledger.reader() as tx:
+            return encode_payload(payload, tx.dicts)
+    finally:
+        ledger.close()
 
 
 def check(data_dir: Path) -> Report:
@@ -88,7 +112,10 @@ def test_changing_an_events_amount_is_found_and_named(
     event_id, seq, payload = sales(data_dir)[2]
     changed = edit_points(payload, 10)
     assert changed != payload
-    execute(data_dir, "UPDATE events SET payload = ? WHERE id = ?", changed, event_id)
+    execute(
+        data_dir, "UPDATE events SET payload = ? WHERE id = ?", stored(data_dir, changed), event_id
+    )
+    assert sales(data_dir)[2][2] == changed  # the stored row now reads as the edit
     report = check(data_dir)
     assert not report.ok
     problem = report.problems[0]
@@ -108,7 +135,7 @@ def test_an_edit_with_its_own_hash_recomputed_breaks_the_next_link(data_dir: Pat
     )
     index = next(i for i, r in enumerate(found) if r[2] == "sale.committed")
     event_id, seq, kind, at, customer, key, payload, prev = found[index]
-    changed = json.loads(edit_points(payload, 3))
+    changed = json.loads(edit_points(text(data_dir, payload), 3))
     body = {
         "id": event_id,
         "kind": kind,
@@ -125,7 +152,7 @@ def test_an_edit_with_its_own_hash_recomputed_breaks_the_next_link(data_dir: Pat
     execute(
         data_dir,
         "UPDATE events SET payload = ?, hash = ? WHERE id = ?",
-        json.dumps(changed, sort_keys=True, separators=(",", ":")),
+        stored(data_dir, json.dumps(changed, sort_keys=True, separators=(",", ":"))),
         digest,
         event_id,
     )
@@ -259,3 +286,41 @@ def test_other_projection_edits_are_found(data_dir: Path, sql: str) -> None:
     report = check(data_dir)
     assert not report.ok
     assert "projection" in str(report.problems[0])
+
+
+def test_damaged_stored_bytes_are_found_and_named(data_dir: Path) -> None:
+    event_id, seq, _ = sales(data_dir)[3]
+    ((payload,),) = execute(data_dir, "SELECT payload FROM events WHERE id = ?", event_id)
+    damaged = bytearray(payload)
+    damaged[len(damaged) // 2] ^= 0x55
+    execute(data_dir, "UPDATE events SET payload = ? WHERE id = ?", bytes(damaged), event_id)
+    report = check(data_dir)
+    assert not report.ok
+    assert report.problems[0].event_id == event_id
+    assert report.problems[0].seq == seq
+
+
+def test_an_edited_compression_dictionary_is_found(tmp_path: Path) -> None:
+    """Past the till's 512th event, payloads use a dictionary trained from the ledger's own
+    rows (``codec_dicts``): changing it changes what every later payload reads as."""
+    settings = replace(load_settings(), data_dir=tmp_path)
+    service = Service(settings, Ledger(ledger_path(settings), settings.terminal_id), lambda: NOW)
+    card = service.enrol(Profile(name="Ada"), at=T0)["card"]["code"]
+    for n in range(520):
+        basket = Basket((BasketLine("espresso", 1 + n % 3, 320, "coffee"),))
+        service.commit(SaleRequest(basket, card, f"R-{n}", T0 + timedelta(minutes=n), {"n": n}))
+    assert verify(service.ledger).ok
+    service.ledger.close()
+    ((ident, zdict),) = execute(
+        tmp_path, "SELECT id, zdict FROM codec_dicts WHERE purpose = 'payload'"
+    )
+    ((used,),) = execute(
+        tmp_path, "SELECT count(*) FROM events WHERE substr(payload, 2, 1) = ?", bytes([ident])
+    )
+    assert used >= 8  # the events appended after the training use it
+    edited = zdict.replace(b"espresso", b"ristrett")
+    assert edited != zdict
+    execute(tmp_path, "UPDATE codec_dicts SET zdict = ? WHERE id = ?", edited, ident)
+    report = check(tmp_path)
+    assert not report.ok
+    assert "edited" in str(report.problems[0]) or "decoded" in str(report.problems[0])

@@ -4,6 +4,9 @@ Modes, chosen at random per request with the given weights: ``ok``, ``delay``,
 ``drop_request`` (close before forwarding), ``cut_body`` (forward half of the body, then cut
 both sides), ``drop_response`` (the server processed it; the answer is thrown away) and
 ``duplicate`` (the request reaches the server twice; the second answer is returned).
+A server that is down (refused or cut connection) closes the till's connection too.
+``inflight`` counts requests forwarded and not answered yet (a test kills the server while
+one is being processed).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class FaultProxy:
         self.enabled = True
         self.random = random.Random(seed)
         self.counts: Counter[str] = Counter()
+        self.inflight: Counter[str] = Counter()  # request path -> forwarded, not answered
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
@@ -70,12 +74,20 @@ class FaultProxy:
 
     async def _forward(self, request: bytes) -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        path = request.split(b" ", 2)[1].split(b"?")[0].decode(errors="replace")
+        self.inflight[path] += 1
         try:
             writer.write(_close_header(request))
             await writer.drain()
             return await _read_message(reader)
         finally:
+            self.inflight[path] -= 1
             writer.close()
+
+    def busy(self, path: str | None = None) -> bool:
+        """Whether a request (to ``path``) was forwarded and is not answered yet."""
+        counts = dict(self.inflight)  # (updated by the proxy's thread)
+        return any(n > 0 for p, n in counts.items() if path is None or p == path)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

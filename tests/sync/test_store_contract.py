@@ -237,3 +237,27 @@ def _stub(s: object) -> object:
         bytes.fromhex(s.prev_hash),  # type: ignore[attr-defined]
         bytes.fromhex(s.hash),  # type: ignore[attr-defined]
     )
+
+
+def test_ingest_json_is_the_push_response(store: ServerStore, tmp_path: Path) -> None:
+    """The HTTP path's answer (encoded without the model) is exactly what ``PushResponse``
+    serialises to: every field present, statuses and server positions as ``ingest`` gives."""
+    import json
+
+    from sync.protocol import PushResponse
+
+    auth = auth_for(store, "json-till")
+    ledger = till_ledger(tmp_path, "json-till")
+    sent = append(ledger, [credit("json-till", "c1", 5), credit("json-till", "c2", 7)])
+    request = PushRequest(
+        terminal_id="json-till", events=[WireEvent.model_validate(_wire(e)) for e in sent]
+    )
+    raw = store.ingest_json(auth, request)
+    answer = PushResponse.model_validate_json(raw)
+    assert json.loads(raw) == answer.model_dump(mode="json")
+    assert [r.status for r in answer.results] == [Status.ACCEPTED, Status.ACCEPTED]
+    assert all(r.server_seq for r in answer.results) and answer.head.seq == sent[-1].seq
+    again = store.ingest(auth, request)  # a resend: the model path answers the same shape
+    assert [r.status for r in again.results] == [Status.DUPLICATE, Status.DUPLICATE]
+    assert json.loads(store.ingest_json(auth, request)) == again.model_dump(mode="json")
+    ledger.close()
