@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select
 
 from pos_loyalty.domain.events import LOT_UNITS, Event, Kind, Unit
 from pos_loyalty.domain.state import CustomerState, Lot, PointsAccount
@@ -60,6 +60,14 @@ _INSERT_COUPON = (
     "INSERT INTO coupons (serial, program, customer_id, code, issued_at, expires_at) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+_INSERT_CUSTOMER = "INSERT INTO customers (customer_id, enrolled_at, profile) VALUES (?, ?, ?)"
+_INSERT_CARD = "INSERT INTO cards (code, customer_id, status, issued_at) VALUES (?, ?, ?, ?)"
+_BLOCK_CARD = "UPDATE cards SET status = ?, reason = ? WHERE code = ?"
+_RECEIPT_REFUNDED = "SELECT refunded FROM receipts WHERE key = ?"
+_SET_REFUNDED = "UPDATE receipts SET refunded = ? WHERE key = ?"
+_RECEIPT_EVENT = "SELECT event_id FROM receipts WHERE key = ?"
+_CARD_EXISTS = "SELECT 1 FROM cards WHERE code = ?"
+_CUSTOMER_EXISTS = "SELECT 1 FROM customers WHERE customer_id = ?"
 _INSERT_REFERRAL = "INSERT INTO referrals (code, customer_id) VALUES (?, ?)"
 
 
@@ -168,31 +176,24 @@ def apply_side_tables(conn: Connection, event: Event, response: bytes | None = N
     """Customers, cards and receipts rows that follow from ``event``."""
     data = event.data
     _apply_catalog(conn, event)
+    # Plain SQL through the same connection (like the state writes): this runs for every
+    # event appended, pulled or rebuilt, where building SQLAlchemy statements per call cost
+    # more than executing them.
+    raw = raw_connection(conn)
     if event.kind is Kind.CUSTOMER_ENROLLED:
-        conn.execute(
-            insert(schema.customers).values(
-                customer_id=event.customer_id,
-                enrolled_at=event.at.isoformat(),
-                profile=json.dumps(data.get("profile", {}), sort_keys=True),
-            )
+        raw.execute(
+            _INSERT_CUSTOMER,
+            (
+                event.customer_id,
+                event.at.isoformat(),
+                json.dumps(data.get("profile", {}), sort_keys=True),
+            ),
         )
     elif event.kind is Kind.CARD_ISSUED:
-        conn.execute(
-            insert(schema.cards).values(
-                code=data["code"],
-                customer_id=event.customer_id,
-                status="active",
-                issued_at=event.at.isoformat(),
-            )
-        )
+        raw.execute(_INSERT_CARD, (data["code"], event.customer_id, "active", event.at.isoformat()))
     elif event.kind is Kind.CARD_BLOCKED:
-        conn.execute(
-            update(schema.cards)
-            .where(schema.cards.c.code == data["code"])
-            .values(status="blocked", reason=data.get("reason"))
-        )
+        raw.execute(_BLOCK_CARD, ("blocked", data.get("reason"), data["code"]))
     elif event.kind is Kind.SALE_COMMITTED:
-        raw = raw_connection(conn)
         raw.execute(
             _INSERT_RECEIPT,
             (
@@ -216,24 +217,14 @@ def apply_side_tables(conn: Connection, event: Event, response: bytes | None = N
             )
     elif event.kind is Kind.REFUND_COMMITTED:
         sale_key = f"sale:{data['receipt_id']}"
-        row = conn.execute(
-            select(schema.receipts.c.refunded).where(schema.receipts.c.key == sale_key)
-        ).one()
-        refunded: dict[str, int] = json.loads(row.refunded)
+        (stored,) = raw.execute(_RECEIPT_REFUNDED, (sale_key,)).fetchall()
+        refunded: dict[str, int] = json.loads(stored[0])
         for index, units in data["units"].items():
             refunded[index] = refunded.get(index, 0) + int(units)
-        conn.execute(
-            update(schema.receipts)
-            .where(schema.receipts.c.key == sale_key)
-            .values(refunded=json.dumps(refunded, sort_keys=True))
-        )
-        conn.execute(
-            insert(schema.receipts).values(
-                key=f"refund:{data['refund_id']}",
-                event_id=id_key(event.id),
-                refunded="{}",
-                response=response or b"",
-            )
+        raw.execute(_SET_REFUNDED, (json.dumps(refunded, sort_keys=True), sale_key))
+        raw.execute(
+            _INSERT_RECEIPT,
+            (f"refund:{data['refund_id']}", id_key(event.id), "{}", response or b""),
         )
 
 
@@ -269,11 +260,13 @@ def side_table_problem(conn: Connection, event: Event) -> tuple[str, str] | None
     The incremental path (sync) and the rebuild apply the same rule, in the same order, so a
     till holding colliding receipts from other tills still verifies.
     """
-    r = schema.receipts
+    # Plain SQL through the same connection: this runs for every event of a rebuild and of
+    # a pull, where building SQLAlchemy ``select()``s per call was most of the cost.
+    raw = raw_connection(conn)
     data = event.data
 
     def receipt(key: str) -> Any:
-        return conn.execute(select(r.c.event_id).where(r.c.key == key)).first()
+        return raw.execute(_RECEIPT_EVENT, (key,)).fetchone()
 
     if event.kind is Kind.SALE_COMMITTED:
         row = receipt(f"sale:{data.get('receipt_id')}")
@@ -281,7 +274,7 @@ def side_table_problem(conn: Connection, event: Event) -> tuple[str, str] | None
             return (
                 "receipt_key_taken",
                 f"receipt {data.get('receipt_id')!r} is already used here by event "
-                f"{id_text(row.event_id)}; the sale's balances count, its receipt is not kept "
+                f"{id_text(row[0])}; the sale's balances count, its receipt is not kept "
                 "here",
             )
     elif event.kind is Kind.REFUND_COMMITTED:
@@ -290,42 +283,55 @@ def side_table_problem(conn: Connection, event: Event) -> tuple[str, str] | None
         if receipt(f"refund:{data.get('refund_id')}") is not None:
             return ("refund_key_taken", f"refund id {data.get('refund_id')!r} already used here")
     elif event.kind is Kind.CARD_ISSUED:
-        row = conn.execute(
-            select(schema.cards.c.customer_id).where(schema.cards.c.code == data.get("code"))
-        ).first()
-        if row is not None:
+        if raw.execute(_CARD_EXISTS, (data.get("code"),)).fetchone() is not None:
             return ("card_code_taken", f"card {data.get('code')} already belongs to a customer")
-    elif event.kind is Kind.CUSTOMER_ENROLLED:
-        row = conn.execute(
-            select(schema.customers.c.customer_id).where(
-                schema.customers.c.customer_id == event.customer_id
-            )
-        ).first()
-        if row is not None:
-            return ("customer_exists", f"customer {event.customer_id} already exists")
+    elif (
+        event.kind is Kind.CUSTOMER_ENROLLED
+        and raw.execute(_CUSTOMER_EXISTS, (event.customer_id,)).fetchone() is not None
+    ):
+        return ("customer_exists", f"customer {event.customer_id} already exists")
     return None
 
 
-def rebuild_into(conn: Connection, events: Iterable[Event], *, on_baseline: bool = False) -> None:
+def rebuild_into(
+    conn: Connection,
+    events: Iterable[Event],
+    *,
+    on_baseline: bool = False,
+    max_states: int | None = None,
+) -> None:
     """Fill empty projection tables on ``conn`` from ``events`` in order. ``on_baseline``:
     the tables hold a bootstrapped till's baseline (``ledger.snapshot``) and the events
-    come after it, so each customer's state starts from the stored one."""
+    come after it, so each customer's state starts from the stored one.
+
+    ``max_states`` bounds the folded states held in memory (``ledger verify`` on a ledger of
+    millions of customers): the least recently used state is written to ``conn`` and read
+    back when its customer appears again."""
     states: dict[str, CustomerState] = {}
+    written: set[str] = set()  # customers whose state ``conn`` already holds
+
+    def stored(customer_id: str) -> CustomerState:
+        if on_baseline or customer_id in written:
+            return load_state(conn, customer_id)
+        return CustomerState(customer_id)
+
+    def write(state: CustomerState) -> None:
+        store_state(conn, stored(state.customer_id), state)
+        written.add(state.customer_id)
+
     for event in events:
         if side_table_problem(conn, event) is None:
             apply_side_tables(conn, event)
         if event.customer_id is not None and event.postings:
-            state = states.get(event.customer_id)
+            state = states.pop(event.customer_id, None)
             if state is None:
-                state = states[event.customer_id] = (
-                    load_state(conn, event.customer_id)
-                    if on_baseline
-                    else CustomerState(event.customer_id)
-                )
+                state = stored(event.customer_id)
+            states[event.customer_id] = state  # most recently used last
             state.apply(event)
+            if max_states is not None and len(states) > max_states:
+                write(states.pop(next(iter(states))))
     for state in states.values():
-        before = load_state(conn, state.customer_id) if on_baseline else None
-        store_state(conn, before or CustomerState(state.customer_id), state)
+        write(state)
 
 
 def snapshot(conn: Connection) -> dict[str, Any]:
@@ -350,6 +356,39 @@ def snapshot(conn: Connection) -> dict[str, Any]:
             (tuple(r) for r in conn.execute(select(schema.redemptions))), key=repr
         ),
     }
+
+
+# The projections ``ledger verify`` compares with a rebuild, in ``snapshot``'s forms.
+COMPARED = (
+    "customers",
+    "cards",
+    "balances",
+    "lots",
+    "usage",
+    "coupons",
+    "referrals",
+    "receipts",
+    "redemptions",
+)
+
+
+def compared_rows(conn: Connection, name: str) -> Iterator[tuple[Any, ...]]:
+    """One projection's rows in ``snapshot``'s form, streamed in SQL order (primary key
+    first, so SQLite walks the index instead of sorting); both sides of a comparison come in
+    the same order."""
+    table = schema.metadata.tables[name]
+    keys = list(table.primary_key.columns)
+    order = keys + [c for c in table.c if c not in keys]
+    if name == "receipts":
+        query = select(table.c.key, table.c.event_id, table.c.refunded).order_by(*order)
+        for key, event_id, refunded in conn.execute(query, execution_options={"yield_per": 2000}):
+            yield key, event_id, json.dumps(json.loads(refunded), sort_keys=True)
+        return
+    query = select(table).order_by(*order)
+    if name == "balances":
+        query = query.where(table.c.balance != 0)
+    for row in conn.execute(query, execution_options={"yield_per": 2000}):
+        yield tuple(row)
 
 
 def usage_counts(conn: Connection, keys: list[str]) -> dict[str, int]:

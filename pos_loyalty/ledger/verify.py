@@ -6,13 +6,19 @@ found names the event: its id, till and sequence number.
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import create_engine, select
+from sqlalchemy import Connection, Engine, create_engine, event, select
+
+from pos_loyalty.domain.events import Event
 
 from . import schema
 from .codec import GENESIS, chain_hash, event_from_row
-from .projections import rebuild_into, snapshot
+from .projections import COMPARED, compared_rows, rebuild_into
 from .snapshot import (
     COMPLETE,
     baseline,
@@ -52,12 +58,22 @@ class Report:
         return not self.problems
 
 
-def verify(ledger: Ledger) -> Report:
+# Folded customer states held in memory at once while rebuilding; beyond this the least
+# recently used ones go to the scratch file and are read back when needed.
+MAX_STATES = 20_000
+
+
+def verify(ledger: Ledger, *, scratch_dir: Path | None = None) -> Report:
+    """Check the chains and sequences and compare the projections with a rebuild.
+
+    Streams: the events are read and folded one at a time, the rebuild goes to a scratch
+    SQLite file (in ``scratch_dir``, by default next to the ledger) and the tables are
+    compared row by row in key order, so memory stays bounded at any ledger size. Everything
+    is read in one read transaction: a till writing meanwhile does not disturb it."""
     report = Report()
-    with ledger.reader() as tx:
+    folder = scratch_dir if scratch_dir is not None else ledger.path.parent
+    with ledger.reader() as tx, tempfile.TemporaryDirectory(prefix=".verify-", dir=folder) as tmp:
         conn = tx.conn
-        rows = list(conn.execute(select(schema.events).order_by(schema.events.c.pos)))
-        report.events = len(rows)
         # A bootstrapped till (``ledger.snapshot``) starts from a baseline: every till's chain
         # continues from its head at the snapshot, and the projections are rebuilt from the
         # baseline plus the events after it. The baseline must be complete and unedited.
@@ -78,64 +94,80 @@ def verify(ledger: Ledger) -> Report:
                 )
             )
             return report
-        last: dict[str, tuple[int, bytes, str]] = {
+        chain = _ChainCheck(conn, ledger.terminal_id, report)
+        scratch = _scratch_engine(Path(tmp) / "rebuilt.sqlite")
+        try:
+            with scratch.begin() as sconn:
+                if base is not None:
+                    load_baseline_into(sconn, stored_header(conn), list(stored_pages(conn)))
+                rows = conn.execute(
+                    select(schema.events).order_by(schema.events.c.pos),
+                    execution_options={"yield_per": 2000},
+                )
+                rebuild_into(
+                    sconn,
+                    chain.events(rows, tx.dicts),
+                    on_baseline=base is not None,
+                    max_states=MAX_STATES,
+                )
+                if report.problems or not chain.heads_match():
+                    return report
+                report.problems.extend(_compare(conn, sconn))
+        finally:
+            scratch.dispose()
+    return report
+
+
+class _ChainCheck:
+    """Checks each till's chain and sequence while the events stream past (into the
+    rebuild); records the first problem in the report and stops the stream there."""
+
+    def __init__(self, conn: Connection, own_terminal: str, report: Report) -> None:
+        self.conn = conn
+        self.report = report
+        self.last: dict[str, tuple[int, bytes, str]] = {
             tid: (seq, digest, "") for tid, (seq, digest) in baseline_heads(conn).items()
         }
-        header = stored_header(conn) if base is not None else None
-        pages = list(stored_pages(conn)) if base is not None else []
         # Slots of other tills' chains whose events the server does not serve (sync): the
         # links are checked through them, the events are not held here.
         # Never for this till's own chain: every one of its events must be here, or a
         # deleted event could hide behind a forged stub.
-        stubs = {
+        self.stubs = {
             (s.terminal_id, s.seq): (bytes(s.prev_hash), bytes(s.hash), s.event_id)
             for s in conn.execute(select(schema.chain_stubs))
-            if s.terminal_id != ledger.terminal_id
+            if s.terminal_id != own_terminal
         }
-        events = []
+
+    def fail(self, what: str, row: Any) -> None:
+        self.report.problems.append(Problem(what, row.id, row.terminal_id, row.seq))
+
+    def events(self, rows: Iterable[Any], dicts: Any) -> Iterator[Event]:
+        last, stubs = self.last, self.stubs
         for row in rows:
             try:
-                ev = event_from_row(row, tx.dicts)
+                ev = event_from_row(row, dicts)
             except (ValueError, KeyError, TypeError) as exc:
-                report.problems.append(
-                    Problem(f"cannot be decoded ({exc})", row.id, row.terminal_id, row.seq)
-                )
-                return report
-            events.append(ev)
+                return self.fail(f"cannot be decoded ({exc})", row)
             seq, prev, prev_id = last.get(row.terminal_id, (0, GENESIS, ""))
             while row.seq > seq + 1 and stubs.get((row.terminal_id, seq + 1), (b"",))[0] == prev:
                 seq, (_, prev, prev_id) = seq + 1, stubs[(row.terminal_id, seq + 1)]
             if row.seq != seq + 1:
                 gap = f"after seq {seq}" + (f" (event {prev_id})" if prev_id else "")
-                report.problems.append(
-                    Problem(
-                        f"sequence gap: expected seq {seq + 1} {gap}",
-                        row.id,
-                        row.terminal_id,
-                        row.seq,
-                    )
-                )
-                return report
+                return self.fail(f"sequence gap: expected seq {seq + 1} {gap}", row)
             if bytes(row.prev_hash) != prev:
-                report.problems.append(
-                    Problem(
-                        "does not chain to the previous event", row.id, row.terminal_id, row.seq
-                    )
-                )
-                return report
+                return self.fail("does not chain to the previous event", row)
             if chain_hash(prev, ev) != bytes(row.hash):
-                report.problems.append(
-                    Problem(
-                        "content does not match its hash (edited)", row.id, row.terminal_id, row.seq
-                    )
-                )
-                return report
+                return self.fail("content does not match its hash (edited)", row)
             last[row.terminal_id] = (row.seq, bytes(row.hash), row.id)
-        report.terminals = len(last)
-        for head in conn.execute(select(schema.heads)):
-            seq, digest, event_id = last.get(head.terminal_id, (0, GENESIS, ""))
+            self.report.events += 1
+            yield ev
+        self.report.terminals = len(last)
+
+    def heads_match(self) -> bool:
+        for head in self.conn.execute(select(schema.heads)):
+            seq, digest, event_id = self.last.get(head.terminal_id, (0, GENESIS, ""))
             if head.seq != seq or bytes(head.hash) != digest:
-                report.problems.append(
+                self.report.problems.append(
                     Problem(
                         f"till {head.terminal_id}'s head is seq {head.seq} but its chain ends at "
                         f"seq {seq}: event seq {seq + 1}..{head.seq} missing (deleted?)",
@@ -144,32 +176,82 @@ def verify(ledger: Ledger) -> Report:
                         seq,
                     )
                 )
-                return report
-        stored = snapshot(conn)
-    scratch = create_engine("sqlite://")
-    schema.metadata.create_all(scratch)
-    with scratch.begin() as sconn:
-        if header is not None:
-            load_baseline_into(sconn, header, pages)
-        rebuild_into(sconn, events, on_baseline=header is not None)
-        rebuilt = snapshot(sconn)
-    scratch.dispose()
-    for table in stored:
-        if stored[table] != rebuilt[table]:
-            extra = sorted(set(stored[table]) - set(rebuilt[table]))[:3]
-            missing = sorted(set(rebuilt[table]) - set(stored[table]))[:3]
-            report.problems.append(
+                return False
+        return True
+
+
+def _scratch_engine(path: Path) -> Engine:
+    """A throw-away SQLite file for the rebuild: no journal, no fsync (it is deleted)."""
+    engine = create_engine(f"sqlite:///{path}")
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA journal_mode=OFF")
+        dbapi_conn.execute("PRAGMA synchronous=OFF")
+        dbapi_conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
+
+    schema.metadata.create_all(engine)
+    return engine
+
+
+def _compare(stored: Connection, rebuilt: Connection) -> list[Problem]:
+    """Row-by-row comparison of every projection (``projections.COMPARED``), both sides
+    streamed in the same SQL order and merged, a few differing rows named per table."""
+    problems = []
+    for table in COMPARED:
+        extra, missing = _merge_differences(
+            compared_rows(stored, table), compared_rows(rebuilt, table)
+        )
+        if extra or missing:
+            problems.append(
                 Problem(
                     f"projection {table!r} differs from a rebuild from the events: "
                     f"stored but not rebuilt {extra}, rebuilt but not stored {missing}"
                 )
             )
-    return report
+    return problems
+
+
+def _sql_order(row: tuple[Any, ...]) -> tuple[tuple[int, Any], ...]:
+    """SQLite's ORDER BY order in Python: NULL < numbers < text < blobs (BINARY collation,
+    which orders UTF-8 like Python orders code points)."""
+    return tuple(
+        (0, 0)
+        if v is None
+        else (1, v)
+        if isinstance(v, int | float)
+        else (2, v)
+        if isinstance(v, str)
+        else (3, bytes(v))
+        for v in row
+    )
+
+
+def _merge_differences(
+    a: Iterator[tuple[Any, ...]], b: Iterator[tuple[Any, ...]], limit: int = 3
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Rows only in ``a`` and rows only in ``b`` (at most ``limit`` each), both sorted."""
+    only_a: list[tuple[Any, ...]] = []
+    only_b: list[tuple[Any, ...]] = []
+    x, y = next(a, None), next(b, None)
+    while (x is not None or y is not None) and (len(only_a) < limit or len(only_b) < limit):
+        if y is None or (x is not None and _sql_order(x) < _sql_order(y)):
+            if len(only_a) < limit:
+                only_a.append(x)  # type: ignore[arg-type]
+            x = next(a, None)
+        elif x is None or _sql_order(y) < _sql_order(x):
+            if len(only_b) < limit:
+                only_b.append(y)
+            y = next(b, None)
+        else:
+            x, y = next(a, None), next(b, None)
+    return only_a, only_b
 
 
 def rebuild(ledger: Ledger) -> None:
     """Replace the projections with a rebuild from the events (keeps cached responses); on
-    a bootstrapped till from its baseline plus the events after it."""
+    a bootstrapped till from its baseline plus the events after it. Streams like
+    ``verify``: the events are folded one at a time with a bounded number of states."""
     with ledger.transaction() as tx:
         conn = tx.conn
         base = baseline(conn)
@@ -178,7 +260,12 @@ def rebuild(ledger: Ledger) -> None:
                 "the bootstrap of this ledger is incomplete: finish it with "
                 "`pos-loyalty sync --bootstrap` before rebuilding"
             )
-        responses = {r.key: r.response for r in conn.execute(select(schema.receipts))}
+        # The first answers given for each receipt are not derivable from the events: they
+        # wait in a temporary table (on disk if large, not in Python memory).
+        tx.raw.execute("DROP TABLE IF EXISTS temp.kept_responses")
+        tx.raw.execute(
+            "CREATE TEMP TABLE kept_responses AS SELECT key, response FROM main.receipts"
+        )
         for table in (
             schema.customers,
             schema.cards,
@@ -191,16 +278,22 @@ def rebuild(ledger: Ledger) -> None:
             schema.referrals,
         ):
             conn.execute(table.delete())
-        events = [
-            event_from_row(r, tx.dicts)
-            for r in conn.execute(select(schema.events).order_by(schema.events.c.pos))
-        ]
         if base is not None:
             load_baseline_into(conn, stored_header(conn), list(stored_pages(conn)))
-        rebuild_into(conn, events, on_baseline=base is not None)
-        for key, response in responses.items():
-            conn.execute(
-                schema.receipts.update()
-                .where(schema.receipts.c.key == key)
-                .values(response=response)
-            )
+        rows = conn.execute(
+            select(schema.events).order_by(schema.events.c.pos),
+            execution_options={"yield_per": 2000},
+        )
+        rebuild_into(
+            conn,
+            (event_from_row(r, tx.dicts) for r in rows),
+            on_baseline=base is not None,
+            max_states=MAX_STATES,
+        )
+        tx.raw.execute(
+            "UPDATE main.receipts SET response = "
+            "(SELECT k.response FROM temp.kept_responses k WHERE k.key = receipts.key) "
+            "WHERE key IN (SELECT key FROM temp.kept_responses)"
+        )
+        tx.raw.execute("DROP TABLE temp.kept_responses")
+    ledger.states.clear()  # states cached from the replaced projections
