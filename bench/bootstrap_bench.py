@@ -4,12 +4,16 @@ Seeds the server (PostgreSQL, started privately unless ``--pg URL``; or ``--sqli
 customers, each with an enrolment, a card and a points credit that leaves an expiring lot
 (3 events per customer, ingested through ``ServerStore.ingest``), then times over HTTP:
 
-- ``bootstrap cold``: a new till's ``sync.bootstrap`` while the server has no cached
-  snapshot (the server folds every event: the first till after a server start);
-- ``bootstrap warm``: a second new till right after (the server's snapshot is cached);
-- a third new till after 1 % more customers were ingested (the server folds only those);
-- the server's share of the cold run (fold + encode, ``ServerStore.bootstrap_page`` of the
-  first page) and the till's share (validate + load + digest);
+- ``cold, nothing persisted``: a new till's ``sync.bootstrap`` while the server holds no
+  snapshot at all, in memory or in its database (it folds every event);
+- ``cold after a server restart``: the server persisted its fold (``snapshot_state``,
+  ``snapshot_customers``) and a new process reads it back instead of folding;
+- ``warm``: the server's snapshot is cached in the process;
+- ``cold after a restart, 1 % more customers since``: the new process folds only the events
+  after the persisted position;
+- ``after 1 % more customers (server running)``: the live fold moves forward;
+- the server's share (``ServerStore.bootstrap_page`` alone) of the cold runs and of the warm
+  one (page assembly), the rest being transfer and the till (validate, load, digest);
 - ``--replay``: the old way for comparison, a new till pulling every event from cursor 0.
 
 Target: bootstrap of 100,000 customers <= 5 s. Figures, not a timed test. Usage::
@@ -20,6 +24,7 @@ Target: bootstrap of 100,000 customers <= 5 s. Figures, not a timed test. Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -30,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from sqlalchemy import func, select  # noqa: E402
 from sync_bench import Postgres, Server, paired_till  # noqa: E402
 
 from pos_loyalty.domain.events import Event, Kind, Posting, Unit  # noqa: E402
@@ -39,6 +45,8 @@ from pos_loyalty.ledger.verify import verify  # noqa: E402
 from sync.bootstrap import bootstrap  # noqa: E402
 from sync.client import SyncClient, _wire  # noqa: E402
 from sync.protocol import PushRequest, WireEvent  # noqa: E402
+from sync.server import schema  # noqa: E402
+from sync.server.snapshots import SnapshotCache  # noqa: E402
 from sync.server.store import ServerStore  # noqa: E402
 
 TARGET_S = 5.0
@@ -126,51 +134,91 @@ def main() -> int:
         seed(store, seeder, args.customers)
         print(f"seeded in {time.perf_counter() - start:.1f} s", flush=True)
 
-        store.snapshots.clear()
         auth = store.authenticate(seeder.credentials().credential)  # type: ignore[union-attr]
-        start = time.perf_counter()
-        store.bootstrap_page(auth, None, None, args.page)
-        server_cold = time.perf_counter() - start
-        store.snapshots.clear()
 
-        results = []
-        for name in ("new-till-1", "new-till-2"):
+        def server_alone() -> float:
+            """The server's build of the snapshot and its first page, no HTTP."""
+            start = time.perf_counter()
+            store.bootstrap_page(auth, None, None, args.page)
+            return time.perf_counter() - start
+
+        def new_till(name: str, customers: int) -> tuple[Replica, float]:
             fresh = paired_till(store, server, root, name)
             creds = fresh.credentials()
             assert creds is not None
             start = time.perf_counter()
             done = bootstrap(fresh, creds, page=args.page)
             took = time.perf_counter() - start
-            assert done.customers == args.customers, done
-            results.append((fresh, took, done))
-        (first, cold, done), (_, warm, _) = results
+            assert done.customers == customers, done
+            return fresh, took
+
+        n = args.customers
+        # 1. Nothing persisted (a server that never built a snapshot, or before s0003): the
+        #    full fold of every event.
+        store.snapshots = SnapshotCache(persist=False)
+        full_server = server_alone()
+        store.snapshots.clear()
+        _, cold_full = new_till("new-till-0", n)
         print(
-            f"bootstrap cold: {done.customers:,} customers in {cold:.2f} s over HTTP, "
-            f"{done.pages} page(s) of {args.page:,} {verdict(cold, done.customers)}"
+            f"bootstrap cold, nothing persisted (full fold of every event): {n:,} customers "
+            f"in {cold_full:.2f} s {verdict(cold_full, n)}; the server's fold + encode + "
+            f"first page alone: {full_server:.2f} s"
         )
+        # 2. The server persists its fold (warm-up at start, or any bootstrap) ...
+        store.snapshots = SnapshotCache()
+        first_build = server_alone()
+        print(f"  first build with persisting (fold + encode + save): {first_build:.2f} s")
+        with store.engine.connect() as conn:
+            sc, st = schema.snapshot_customers, schema.snapshot_state
+            body = conn.execute(select(func.sum(func.length(sc.c.body)))).scalar_one()
+            blob = conn.execute(select(func.sum(func.length(st.c.state)))).scalar_one()
         print(
-            f"  server fold + encode + first page alone: {server_cold:.2f} s; "
-            f"the rest (transfer, validate, load, digest) ≈ {cold - server_cold:.2f} s"
+            f"  persisted: encoded customers {int(body) / 1e6:.1f} MB, fold state "
+            f"{int(blob) / 1e6:.1f} MB"
         )
+        # ... and restarts: the new process reads the persisted fold back.
+        store.snapshots.clear()
+        resume_server = server_alone()
+        store.snapshots.clear()
+        first, cold = new_till("new-till-1", n)
         print(
-            f"bootstrap warm: {done.customers:,} customers in {warm:.2f} s "
-            f"(server snapshot cached) {verdict(warm, done.customers)}"
+            f"bootstrap cold: {n:,} customers in {cold:.2f} s over HTTP, first till after a "
+            f"server restart (persisted snapshot current) {verdict(cold, n)}; the server's "
+            f"read-back + first page alone: {resume_server:.2f} s"
         )
-        # New events after the cached snapshot: the next snapshot folds and re-encodes only
-        # what they touched.
-        more = max(1, args.customers // 100)
-        seed(store, seeder, more, first=args.customers)
-        fresh = paired_till(store, server, root, "new-till-3")
-        creds = fresh.credentials()
-        assert creds is not None
-        start = time.perf_counter()
-        later = bootstrap(fresh, creds, page=args.page)
-        took = time.perf_counter() - start
-        assert later.customers == args.customers + more, later
+        # 3. Warm: the snapshot is cached in the process.
+        _, warm = new_till("new-till-2", n)
+        assembly = 0.0
+        after = None
+        while True:
+            start = time.perf_counter()
+            body = store.bootstrap_page(auth, None, after, args.page)
+            assembly += time.perf_counter() - start
+            after = json.loads(body)["next_after"]
+            if after is None:
+                break
         print(
-            f"bootstrap after {more:,} more customers were ingested: {later.customers:,} "
-            f"customers in {took:.2f} s (server folds only the new events) "
-            f"{verdict(took, later.customers)}"
+            f"bootstrap warm: {n:,} customers in {warm:.2f} s (server snapshot cached) "
+            f"{verdict(warm, n)}; of which the server's page assembly ≈ {assembly:.2f} s, the "
+            f"rest is transfer and the till (validate, load, keep pages, digest)"
+        )
+        # 4. New events since the persisted position, then a restart: the new process folds
+        #    only those (reading back the customers they touch).
+        more = max(1, n // 100)
+        seed(store, seeder, more, first=n)
+        store.snapshots.clear()
+        _, cold_more = new_till("new-till-3", n + more)
+        print(
+            f"bootstrap cold after a restart, {more:,} customers ingested since the persisted "
+            f"snapshot: {n + more:,} customers in {cold_more:.2f} s "
+            f"{verdict(cold_more, n + more)}"
+        )
+        # 5. New events while the server runs: the live fold moves forward.
+        seed(store, seeder, more, first=n + more)
+        _, later = new_till("new-till-4", n + 2 * more)
+        print(
+            f"bootstrap after {more:,} more customers were ingested (server running): "
+            f"{n + 2 * more:,} customers in {later:.2f} s {verdict(later, n + 2 * more)}"
         )
         size = sum(
             f.stat().st_size for f in root.glob("new-till-1.sqlite*") if f.is_file()

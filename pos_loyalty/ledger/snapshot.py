@@ -43,8 +43,8 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from pos_loyalty.domain.events import Event, Kind, Posting
-from pos_loyalty.domain.state import CustomerState
+from pos_loyalty.domain.events import LOT_UNITS, Event, Kind, Posting, Unit
+from pos_loyalty.domain.state import CustomerState, Lot, PointsAccount
 
 from . import schema
 from .projections import insert_lots, raw_connection
@@ -134,6 +134,88 @@ class SnapshotFold:
         self._cards_of: dict[str, list[str]] = {}
         self._coupons_of: dict[str, list[str]] = {}
         self._referrals_of: dict[str, list[str]] = {}
+        # Customers not read back yet from a persisted fold (``resume``): id -> wire form.
+        self._pending: dict[str, bytes] = {}
+
+    # -- persisted form: the server keeps its fold in its database -------------------------
+
+    def save_state(self) -> bytes:
+        """Everything the fold holds except what the encoded customers carry (profile and
+        balances/lots per customer), compressed: ``resume(save_state(), {id: encoded
+        customer})`` continues exactly where this fold is. Cards, coupons and referral codes
+        are kept whole (they are checked across customers: a code issued twice)."""
+        value = [
+            1,
+            self.events,
+            self.usage,
+            {k: list(v) for k, v in self.coupons.items()},
+            self.referrals,
+            self.cards,
+            sorted(self.receipts),
+            self.home,
+        ]
+        return zlib.compress(encode(value), 1)
+
+    @classmethod
+    def resume(cls, state: bytes, customers: Mapping[str, bytes]) -> SnapshotFold:
+        """A fold continued from ``save_state`` and the encoded customers (``customer``) of
+        the same moment. Customers are read back lazily, when an event touches them."""
+        version, events, usage, coupons, referrals, cards, receipts, home = json.loads(
+            zlib.decompress(state)
+        )
+        if version != 1:
+            raise ValueError(f"unknown persisted fold format {version!r}")
+        fold = cls()
+        fold.events = events
+        fold.usage = usage
+        fold.coupons = {k: tuple(v) for k, v in coupons.items()}
+        fold.referrals = referrals
+        fold.cards = cards
+        fold.receipts = set(receipts)
+        fold.home = home
+        for code, card in cards.items():
+            if card[0] is not None:
+                fold._cards_of.setdefault(card[0], []).append(code)
+        for serial, coupon in fold.coupons.items():
+            if coupon[1] is not None:
+                fold._coupons_of.setdefault(coupon[1], []).append(serial)
+        for code, cid in referrals.items():
+            fold._referrals_of.setdefault(cid, []).append(code)
+        fold.ids = set(customers)
+        fold._pending = dict(customers)
+        return fold
+
+    def _hydrate(self, cid: str) -> None:
+        """Read one customer back from its encoded form, as ``projections.load_state``
+        reads a till's tables: balances make the accounts, lots go into them."""
+        raw = self._pending.pop(cid)
+        _cid, enrolled_at, profile, _cards, balances, lots, _coupons, _refs = json.loads(raw)
+        if enrolled_at is not None:
+            self.customers[cid] = (enrolled_at, profile)
+        if not balances:
+            return  # no posting ever: the full fold holds no state for them either
+        state = self.states[cid] = CustomerState(cid)
+        for program, unit_name, balance in balances:
+            unit = Unit(unit_name)
+            if unit is Unit.STAMPS:
+                state.stamps[program] = balance
+            elif unit is Unit.POINTS:
+                state.points[program] = PointsAccount(balance=balance)
+            elif unit in LOT_UNITS:
+                state.lotted[(program, unit)] = PointsAccount(balance=balance)
+            else:
+                state.counters[(program, unit)] = balance
+        accounts = state.all_accounts()
+        for lot_id, program, earned_at, expires_at, remaining in lots:
+            account = accounts.get(program)
+            if account is None:
+                account = accounts[program] = state.points.setdefault(program, PointsAccount())
+            account.lots[lot_id] = Lot(
+                lot_id,
+                datetime.fromisoformat(earned_at),
+                datetime.fromisoformat(expires_at) if expires_at else None,
+                remaining,
+            )
 
     def add(
         self,
@@ -148,6 +230,8 @@ class SnapshotFold:
         self.events += 1
         if customer_id is not None:
             self.dirty.add(customer_id)
+            if customer_id in self._pending:
+                self._hydrate(customer_id)
         when = datetime.fromisoformat(at)
         data: Mapping[str, Any] = payload["d"]
         if not self._problem(kind, customer_id, data):
@@ -230,6 +314,8 @@ class SnapshotFold:
                 card[1], card[3] = "blocked", data.get("reason")
                 if card[0] is not None:
                     self.dirty.add(card[0])
+                    if card[0] in self._pending:
+                        self._hydrate(card[0])
         elif kind == _SALE:
             self.receipts.add(f"sale:{data['receipt_id']}")
         elif kind == _REFUND:
@@ -237,6 +323,8 @@ class SnapshotFold:
 
     def customer(self, cid: str) -> list[Any]:
         """One customer in wire form (see the module docstring)."""
+        if cid in self._pending:
+            self._hydrate(cid)
         enrolled_at, profile = self.customers.get(cid, (None, None))
         cards = [[code, *self.cards[code][1:]] for code in sorted(self._cards_of.get(cid, ()))]
         state = self.states.get(cid)
@@ -455,7 +543,7 @@ def load_page(
         raise ValueError("snapshot page out of order")
     insert_customers(conn, customers)
     page = known.pages + 1
-    body = zlib.compress(page_part(customers), 6)
+    body = zlib.compress(page_part(customers), 1)
     conn.execute(insert(schema.baseline_pages).values(page=page, body=body, rows=len(customers)))
     conn.execute(
         update(schema.baseline)

@@ -175,3 +175,25 @@ programs = Table(
     Column("version", Integer, nullable=False),
     Column("config", Text, nullable=False),
 )
+
+# The bootstrap snapshot's fold as of ``seq`` (``sync.server.snapshots``), so that a server
+# process does not fold every event again after a restart: ``state`` is
+# ``SnapshotFold.save_state()``, ``snapshot_customers`` every customer's encoded wire form at
+# the same position. Written together, in one transaction, only forwards.
+snapshot_state = Table(
+    "snapshot_state",
+    metadata,
+    Column("merchant_id", String(64), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("state", LargeBinary, nullable=False),
+    Column("saved_at", String(40), nullable=False),
+)
+
+snapshot_customers = Table(
+    "snapshot_customers",
+    metadata,
+    Column("merchant_id", String(64), nullable=False),
+    Column("customer_id", String(36), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("merchant_id", "customer_id"),
+)

@@ -10,9 +10,13 @@ the same digest).
 
 Cost: the fold runs on the server when a snapshot is first asked for. It is cached per
 process: the fold itself per merchant (a later snapshot folds only the events after the
-cached one), and the encoded snapshot per (merchant, cursor, region), a few at a time. A
-request for an older cursor than the cached fold (a resume after the cache moved on) folds
-from scratch up to it.
+cached one), and the encoded snapshot per (merchant, cursor, region), a few at a time. The
+fold is also persisted in the server database (``snapshot_state``: ``SnapshotFold.save_state``
+at one position; ``snapshot_customers``: every customer's encoded wire form then), so a new
+process (a restart) reads it back (``SnapshotFold.resume``) and folds only the events after
+it: the result is the full fold's, byte for byte (``tests/sync/test_bootstrap.py``). A
+request for an older cursor than the cached or persisted fold (a resume after it moved on)
+folds from scratch up to it, aside.
 
 Region scope: a customer's home store is the store of the till that enrolled them; a till
 asking for ``scope=region`` gets only the customers whose home store is in its own store's
@@ -22,14 +26,17 @@ region (customers with no enrolment on the server are served to every region).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.exc import DBAPIError
 
 from pos_loyalty.ledger.snapshot import SnapshotFold, bulk, digest, encode
 from sync.protocol import PROTOCOL_VERSION
@@ -39,6 +46,11 @@ from . import schema
 ALL = "all"
 REGION = "region"
 _KEEP = 3  # encoded snapshots kept per process
+_CHUNK = 500  # ids per ``IN (...)``
+_WRITE = 5000  # rows per insert batch
+SAVE_EVERY = 10_000  # positions between two writes of a live fold (see ``SnapshotCache``)
+
+log = logging.getLogger("sync.server.snapshots")
 
 
 @dataclass
@@ -89,24 +101,36 @@ class _Snap:
 
 @dataclass
 class _Live:
-    """A merchant's fold as of ``seq`` and every customer encoded as of then."""
+    """A merchant's fold as of ``seq`` and every customer encoded as of then. ``saved``:
+    the position this fold was last persisted at (-1: never, persist every customer);
+    ``unsaved``: customers re-encoded since."""
 
     seq: int
     fold: SnapshotFold
     fragments: dict[str, bytes]
+    saved: int = -1
+    unsaved: set[str] = field(default_factory=set)
 
 
 class SnapshotCache:
     """Folds and encoded snapshots, per process (thread-safe). Per merchant one live fold
     moves forward: a newer snapshot folds only the events after the last one and re-encodes
-    only the customers they touched."""
+    only the customers they touched. The live fold is persisted in the server's database
+    (``snapshot_state``, ``snapshot_customers``) when it moves forward (the first time, then
+    every ``save_every`` positions), in the caller's transaction, so a new process continues
+    from there instead of folding every event again (``persist=False``: memory only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, persist: bool = True, save_every: int = SAVE_EVERY) -> None:
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self._snaps: OrderedDict[tuple[str, int], _Snap] = OrderedDict()
+        self.persist = persist
+        # Persist the live fold when it moved at least this many positions since it was
+        # last written (and always the first time): writing costs a merchant-wide blob.
+        self.save_every = save_every
 
     def clear(self) -> None:
+        """Forget what this process holds (as a restart does); the persisted fold stays."""
         with self._lock:
             self._live.clear()
             self._snaps.clear()
@@ -123,24 +147,106 @@ class SnapshotCache:
             if snap is not None:
                 self._snaps.move_to_end((merchant_id, seq))
                 return snap
-            live = self._live.get(merchant_id)
-            if live is None or live.seq > seq:
-                # No fold yet, or an older position than the live one (a till resuming an
-                # older snapshot after the cache moved on): fold from the start up to it.
-                fresh = _Live(0, SnapshotFold(), {})
-                if live is None:
-                    self._live[merchant_id] = fresh
-                live = fresh
             with bulk():
+                live = self._live.get(merchant_id)
+                keep = True
+                if live is None:
+                    live = self._resume(conn, merchant_id, seq)
+                    self._live[merchant_id] = live
+                elif live.seq > seq:
+                    # An older position than the live one (a till resuming an older snapshot
+                    # after the cache moved on): fold from the start up to it, aside.
+                    live, keep = _Live(0, SnapshotFold(), {}), False
                 fold_events(conn, merchant_id, live.seq, seq, live.fold)
                 for cid in live.fold.take_dirty():
                     live.fragments[cid] = encode(live.fold.customer(cid))
+                    live.unsaved.add(cid)
                 live.seq = seq
                 snap = _snapshot(conn, merchant_id, seq, live)
+                if (
+                    keep
+                    and self.persist
+                    and (live.saved < 0 or seq - live.saved >= self.save_every)
+                ):
+                    save(conn, merchant_id, live)
             self._snaps[(merchant_id, seq)] = snap
             while len(self._snaps) > _KEEP:
                 self._snaps.popitem(last=False)
             return snap
+
+    def _resume(self, conn: Connection, merchant_id: str, seq: int) -> _Live:
+        """The persisted fold of the merchant if it is not newer than ``seq``, else a new
+        fold from the start."""
+        if self.persist:
+            st = schema.snapshot_state
+            row = conn.execute(
+                select(st.c.seq, st.c.state).where(st.c.merchant_id == merchant_id)
+            ).first()
+            if row is not None and int(row.seq) <= seq:
+                sc = schema.snapshot_customers
+                fragments = {
+                    r.customer_id: bytes(r.body)
+                    for r in conn.execute(
+                        select(sc.c.customer_id, sc.c.body).where(sc.c.merchant_id == merchant_id)
+                    )
+                }
+                fold = SnapshotFold.resume(bytes(row.state), fragments)
+                return _Live(int(row.seq), fold, fragments, saved=int(row.seq))
+        return _Live(0, SnapshotFold(), {})
+
+
+def save(conn: Connection, merchant_id: str, live: _Live) -> None:
+    """Persist the live fold (its merchant-wide state and the customers re-encoded since it
+    was last saved) unless the database holds it at this position or a newer one already
+    (another server process). In a savepoint of the caller's transaction: if another process
+    writes at the same moment (PostgreSQL refuses the row lock under REPEATABLE READ), this
+    one gives way and tries again with its next snapshot."""
+    st, sc = schema.snapshot_state, schema.snapshot_customers
+    if live.saved >= live.seq:
+        return
+    try:
+        with conn.begin_nested():
+            row = conn.execute(
+                select(st.c.seq).where(st.c.merchant_id == merchant_id).with_for_update()
+            ).first()
+            stored = None if row is None else int(row.seq)
+            if stored is not None and stored >= live.seq:
+                return
+            if stored is not None and 0 <= live.saved <= stored:
+                ids = sorted(live.unsaved)  # what changed since the stored position
+                for i in range(0, len(ids), _CHUNK):
+                    conn.execute(
+                        delete(sc).where(
+                            sc.c.merchant_id == merchant_id,
+                            sc.c.customer_id.in_(ids[i : i + _CHUNK]),
+                        )
+                    )
+            else:  # never saved by this fold, or the stored one is older than that
+                conn.execute(delete(sc).where(sc.c.merchant_id == merchant_id))
+                ids = sorted(live.fragments)
+            fragments = live.fragments
+            for i in range(0, len(ids), _WRITE):
+                conn.execute(
+                    insert(sc),
+                    [
+                        {"merchant_id": merchant_id, "customer_id": cid, "body": fragments[cid]}
+                        for cid in ids[i : i + _WRITE]
+                    ],
+                )
+            values = {
+                "seq": live.seq,
+                "state": live.fold.save_state(),
+                "saved_at": datetime.now(UTC).isoformat(),
+            }
+            if row is None:
+                conn.execute(insert(st).values(merchant_id=merchant_id, **values))
+            else:
+                conn.execute(update(st).where(st.c.merchant_id == merchant_id).values(**values))
+    except DBAPIError as exc:  # a concurrent writer on PostgreSQL: let it have its way
+        log.info("snapshot of %s not persisted this time: %s", merchant_id, exc.orig)
+        return
+    live.saved = live.seq
+    live.unsaved.clear()
 
 
 def _snapshot(conn: Connection, merchant_id: str, seq: int, live: _Live) -> _Snap:
@@ -182,10 +288,13 @@ def fold_events(
 ) -> None:
     """Fold the merchant's stored events with ``after < server_seq <= upto``, in order."""
     e = schema.events
-    result = conn.execution_options(yield_per=5000).execute(
+    # yield_per for this statement only (``Connection.execution_options`` would turn every
+    # later statement of the connection into a server-side cursor, a SAVEPOINT too).
+    result = conn.execute(
         select(e.c.id, e.c.terminal_id, e.c.kind, e.c.at, e.c.customer_id, e.c.payload)
         .where(e.c.merchant_id == merchant_id, e.c.server_seq > after, e.c.server_seq <= upto)
-        .order_by(e.c.server_seq)
+        .order_by(e.c.server_seq),
+        execution_options={"yield_per": 5000},
     )
     add = fold.add
     loads = json.loads
