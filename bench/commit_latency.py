@@ -170,7 +170,8 @@ def last_sale_rows(ledger_file: Path) -> tuple[bytes, bytes]:
         payload, response = conn.execute(
             "SELECT e.payload, r.response FROM events e JOIN receipts r"
             " ON r.key = 'sale:' || e.key"
-            " WHERE e.kind = 'sale.committed' ORDER BY e.pos DESC LIMIT 1"
+            # kinds are stored as small integers since 0006_events (codec.kind_key)
+            " WHERE e.kind IN ('sale.committed', 4) ORDER BY e.pos DESC LIMIT 1"
         ).fetchone()
     finally:
         conn.close()

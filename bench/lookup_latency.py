@@ -14,12 +14,13 @@ menu, for random already-enrolled customers, quoted by ``pos_loyalty.domain.engi
 against the customer's folded state (so coffee-card rewards happen when due), encoded by
 ``pos_loyalty.ledger.codec.payload_of`` and chained by ``codec.chain_hash``, stored by
 ``codec.encode_payload`` (with the built-in dictionary: none is trained here); lots and
-receipts in their stored forms (``projections.lot_row``, ``codec.id_key``). The projections
-(customers, cards, balances, lots, receipts, heads) are written from the folded states, so
-``--verify`` (``pos_loyalty.ledger.verify``; small sizes only, it holds every event in
-memory) passes. Shortcuts: a sale's ``request_hash`` is a hash of its receipt id and its
-cached ``receipts.response`` is ``{}``; events span the last 330 days, so nothing has expired
-at build time.
+receipts in their stored forms (``projections.lot_row``, ``codec.id_key``), events too
+(ids as 16 bytes, ``codec.at_key`` times, ``prev_hash`` NULL after the first: 0006_events).
+The projections (customers, cards, balances, lots, receipts, heads) are written from the
+folded states, so ``--verify`` (``pos_loyalty.ledger.verify``; small sizes only, it holds
+every event in memory) passes. Shortcuts: a sale's ``request_hash`` is a hash of its
+receipt id and its cached ``receipts.response`` is ``{}``; events span the last 330 days, so
+nothing has expired at build time.
 
 The built file is cached under ``--db`` (default ``bench/.data/lookup-<N>-<M>.sqlite``) with a
 ``.meta.json`` beside it; a re-run with the same sizes (and stored format) skips the build.
@@ -53,9 +54,11 @@ from pos_loyalty.domain.programs import PointsProgram, ProgramSet
 from pos_loyalty.domain.state import CustomerState
 from pos_loyalty.ledger.codec import (
     GENESIS,
+    at_key,
     chain_hash,
     encode_payload,
     id_key,
+    kind_key,
     pack_response,
     payload_of,
 )
@@ -71,7 +74,7 @@ TARGET_MEDIAN_MS = 0.3
 TARGET_P99_MS = 2.0
 SECONDARY_INDEXES = ("ix_events_customer", "ix_cards_customer")
 
-FORMAT = "0005_compact"  # stored forms of the rows written here (a file of another is rebuilt)
+FORMAT = "0006_events"  # stored forms of the rows written here (a file of another is rebuilt)
 EMPTY_ANSWER = pack_response({})  # the shortcut: no cached answer worth the name
 EVENT_SQL = (
     "INSERT INTO events (id, terminal_id, seq, kind, at, customer_id, key, payload, prev_hash,"
@@ -133,15 +136,15 @@ class Builder:
         digest = chain_hash(self.prev, ev)
         self.event_rows.append(
             (
-                ev.id,
+                id_key(ev.id),  # 0006_events: ids as 16 bytes, UTC times as microseconds
                 TERMINAL,
                 self.seq,
-                ev.kind.value,
-                ev.at.isoformat(),
-                ev.customer_id,
+                kind_key(ev.kind.value),
+                at_key(ev.at.isoformat()),
+                None if ev.customer_id is None else id_key(ev.customer_id),
                 ev.key,
                 encode_payload(payload_of(ev)),  # the built-in dictionary: nothing trained
-                self.prev,
+                None if self.seq > 1 else self.prev,  # implied by the row before (0006)
                 digest,
             )
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
+from functools import cached_property
 from typing import TypeVar, Union
 
 
@@ -405,7 +406,16 @@ class ProgramSet:
     nudges: Nudges = Nudges()
 
     def of(self, kind: type[_P]) -> tuple[_P, ...]:
-        return tuple(p for p in self.programs if isinstance(p, kind))
+        # Asked about ten times per quote: answered from a per-set memo (the set is frozen
+        # and its programs a tuple, so the answer for a kind never changes).
+        found = self._of_kind.get(kind)
+        if found is None:
+            found = self._of_kind[kind] = tuple(p for p in self.programs if isinstance(p, kind))
+        return found  # type: ignore[return-value]
+
+    @cached_property
+    def _of_kind(self) -> dict[type, tuple[Program, ...]]:
+        return {}
 
     @property
     def tiers(self) -> TierProgram | None:
@@ -420,15 +430,15 @@ class ProgramSet:
 
     @property
     def stamp_cards(self) -> tuple[StampCardProgram, ...]:
-        return tuple(p for p in self.programs if isinstance(p, StampCardProgram))
+        return self.of(StampCardProgram)
 
     @property
     def points(self) -> tuple[PointsProgram, ...]:
-        return tuple(p for p in self.programs if isinstance(p, PointsProgram))
+        return self.of(PointsProgram)
 
     @property
     def welcomes(self) -> tuple[WelcomeProgram, ...]:
-        return tuple(p for p in self.programs if isinstance(p, WelcomeProgram))
+        return self.of(WelcomeProgram)
 
     def problems(self) -> list[str]:
         """Every inconsistency in the set, as sentences; empty when the set is usable."""

@@ -41,6 +41,11 @@ class Lot:
 class PointsAccount:
     balance: int = 0
     lots: dict[str, Lot] = field(default_factory=dict)
+    # When not None: the ids of the lots ``credit`` and ``debit`` added, replaced or removed
+    # since the account was copied with ``track`` (``CustomerState.copy``), so the ledger
+    # writes only those instead of comparing every lot (a regular customer holds hundreds).
+    # Only these two methods change ``lots`` of a tracked account.
+    changed: set[str] | None = field(default=None, compare=False, repr=False)
 
     def credit(self, lot: str, amount: int, at: datetime, expires_at: datetime | None) -> None:
         kept = max(0, min(amount, self.balance + amount))  # repay debt first
@@ -51,6 +56,8 @@ class PointsAccount:
                 self.lots[lot] = replace(known, remaining=known.remaining + kept)
             else:
                 self.lots[lot] = Lot(lot, at, expires_at, kept)
+            if self.changed is not None:
+                self.changed.add(lot)
 
     def debit(self, amount: int, prefer: str | None = None) -> None:
         self.balance -= amount
@@ -68,6 +75,8 @@ class PointsAccount:
                 del self.lots[lot.lot_id]
             else:
                 self.lots[lot.lot_id] = replace(lot, remaining=lot.remaining - take)
+            if self.changed is not None:
+                self.changed.add(lot.lot_id)
 
     def due(self, at: datetime) -> list[Lot]:
         """Lots with points left whose expiry is at or before ``at``, soonest first."""
@@ -141,13 +150,14 @@ class CustomerState:
         else:
             account.debit(-posting.delta, posting.lot)
 
-    def copy(self) -> CustomerState:
+    def copy(self, *, track: bool = False) -> CustomerState:
         """An independent copy. Written out rather than ``copy.deepcopy``: it runs on every
         commit over all of a customer's lots. Lots are immutable, so their dicts are copied
-        shallowly."""
+        shallowly. ``track``: the copy's accounts record which lots change from here on
+        (``PointsAccount.changed``); accounts created later do not."""
 
         def account(acc: PointsAccount) -> PointsAccount:
-            return PointsAccount(acc.balance, dict(acc.lots))
+            return PointsAccount(acc.balance, dict(acc.lots), set() if track else None)
 
         return CustomerState(
             self.customer_id,

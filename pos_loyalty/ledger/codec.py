@@ -23,6 +23,15 @@ turn it into a smaller stored value and back, exactly.
   16 bytes next to its program.
 - times (``lots``): an aware UTC datetime as integer microseconds since 1970 (exact), any other
   as its ISO text.
+
+Revision ``0006_events`` adds (``schema.EventId``/``EventKind``/``EventAt`` apply them for
+SQLAlchemy readers):
+
+- ``events.id``, ``events.customer_id``: ``id_key`` as above; ``events.kind``: ``kind_key``
+  (a frozen table of small integers); ``events.at``: ``at_key`` (the exact ISO text of a UTC
+  time as integer microseconds, any other text as it is).
+- ``lots.earned_at``/``expires_at``: ``earned_key`` (relative to the lot id's UUIDv7 time)
+  and ``expires_key`` (relative to ``earned_at``).
 """
 
 from __future__ import annotations
@@ -40,8 +49,13 @@ from pos_loyalty.domain.events import Event
 GENESIS = bytes(32)
 
 
+# What ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` uses,
+# made once (``dumps`` with these options builds a new encoder on every call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(value).encode()
 
 
 def chain_hash(prev_hash: bytes, event: Event) -> bytes:
@@ -277,13 +291,18 @@ def unpack_response(
 
 def _uuid_bytes(value: str) -> bytes | None:
     """The 16 bytes of a canonical lower-case UUID string, else None."""
-    if len(value) != 36:
+    if len(value) != 36 or value[8] != "-" or value[13] != "-" or value[18] != "-":
         return None
+    if value[23] != "-":
+        return None
+    digits = value[:8] + value[9:13] + value[14:18] + value[19:23] + value[24:]
     try:
-        raw = bytes.fromhex(value.replace("-", "", 4))
+        raw = bytes.fromhex(digits)
     except ValueError:
         return None
-    return raw if len(raw) == 16 and _uuid_text(raw) == value else None
+    # hex() gives back exactly the 32 lower-case digits (fromhex also takes upper case and
+    # spaces): then the id is the canonical text of these 16 bytes
+    return raw if len(raw) == 16 and raw.hex() == digits else None
 
 
 def _uuid_text(raw: bytes) -> str:
@@ -339,6 +358,123 @@ def time_value(stored: int | str) -> datetime:
     if isinstance(stored, str):
         return datetime.fromisoformat(stored)
     raise ValueError(f"stored time has an unknown form: {stored!r}")
+
+
+# Lot times (0006_events). A lot is made by its crediting event, whose id (a UUIDv7: its
+# first 48 bits are the milliseconds it was made at) is the lot's key, so ``earned_at`` (the
+# event's ``at``) is stored as microseconds after those milliseconds: a small integer when
+# the event was made when it happened. ``expires_at`` is stored as its distance from
+# ``earned_at`` (a program's validity: whole days or seconds as a rule), the unit in the
+# two low bits. Integers only for UTC times (the forms of ``time_key``); any other time as
+# its ISO text, as before.
+_DAY_MICROS = 86_400_000_000
+_SECOND_MICROS = 1_000_000
+
+
+def _lot_base(lot: bytes | str | memoryview) -> int:
+    if isinstance(lot, str):
+        return 0
+    raw = bytes(lot)
+    return int.from_bytes(raw[:6], "big") * 1000 if len(raw) == 16 else 0
+
+
+def earned_key(earned: datetime, lot: bytes | str) -> int | str:
+    """The stored ``lots.earned_at`` of a lot stored as ``lot`` (``lot_key``)."""
+    key = time_key(earned)
+    return key - _lot_base(lot) if isinstance(key, int) else key
+
+
+def earned_value(stored: int | str, lot: bytes | str | memoryview) -> datetime:
+    if isinstance(stored, int):
+        return time_value(stored + _lot_base(lot))
+    return time_value(stored)
+
+
+def expires_key(expires: datetime | None, earned: datetime) -> int | str | None:
+    """The stored ``lots.expires_at`` of a lot earned at ``earned``."""
+    if expires is None:
+        return None
+    end, start = time_key(expires), time_key(earned)
+    if not (isinstance(end, int) and isinstance(start, int)):
+        return expires.isoformat()
+    delta = end - start
+    if delta % _DAY_MICROS == 0:
+        return (delta // _DAY_MICROS) * 4 + 2
+    if delta % _SECOND_MICROS == 0:
+        return (delta // _SECOND_MICROS) * 4 + 1
+    return delta * 4
+
+
+def expires_value(stored: int | str | None, earned: datetime) -> datetime | None:
+    if stored is None:
+        return None
+    if isinstance(stored, str):
+        return datetime.fromisoformat(stored)
+    if not isinstance(stored, int) or stored & 3 == 3 or earned.utcoffset() != _ZERO:
+        raise ValueError(f"stored expiry has an unknown form: {stored!r}")
+    unit = (1, _SECOND_MICROS, _DAY_MICROS)[stored & 3]
+    return time_value(time_key(earned) + (stored >> 2) * unit)  # type: ignore[operator]
+
+
+# Event kinds as small integers (``events.kind``, 0006_events): a frozen table, part of the
+# stored format; append new kinds at the end (a kind not here is stored as its text).
+KIND_CODES: dict[str, int] = {
+    kind: code
+    for code, kind in enumerate(
+        (
+            "customer.enrolled",
+            "card.issued",
+            "card.blocked",
+            "sale.committed",
+            "refund.committed",
+            "coupon.issued",
+            "referral.rewarded",
+            "wallet.paid_out",
+            "account.adjusted",
+            "points.expired",
+        ),
+        start=1,
+    )
+}
+_KIND_TEXTS = {code: kind for kind, code in KIND_CODES.items()}
+
+
+def kind_key(kind: str) -> int | str:
+    """The stored form of an event kind (``events.kind``)."""
+    return KIND_CODES.get(kind, kind)
+
+
+def kind_text(stored: int | str) -> str:
+    if isinstance(stored, str):
+        return stored
+    try:
+        return _KIND_TEXTS[stored]
+    except KeyError:
+        raise ValueError(f"stored event kind has an unknown code: {stored!r}") from None
+
+
+def at_key(text: str) -> int | str:
+    """The stored form of an event's ``at`` text (``events.at``, 0006_events): integer
+    microseconds since 1970 when the text is exactly the ISO form of a UTC time
+    (``datetime.isoformat``, offset +00:00), which ``at_text`` gives back byte for byte;
+    any other text as it is."""
+    if len(text) in (25, 32) and text.endswith("+00:00"):
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            return text
+        if value.isoformat() == text:
+            return (value - _EPOCH) // _MICRO
+    return text
+
+
+def at_text(stored: int | str) -> str:
+    """The ``at`` text of a stored ``events.at`` (``at_key``)."""
+    if isinstance(stored, int):
+        return (_EPOCH + timedelta(microseconds=stored)).isoformat()
+    if isinstance(stored, str):
+        return stored
+    raise ValueError(f"stored event time has an unknown form: {stored!r}")
 
 
 TRAIN_FIRST = 512  # a till trains its first dictionaries at its 512th event...

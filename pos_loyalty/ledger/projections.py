@@ -10,6 +10,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from operator import is_
 from typing import Any, cast
 
 from sqlalchemy import Connection, select
@@ -18,7 +19,16 @@ from pos_loyalty.domain.events import LOT_UNITS, Event, Kind, Unit
 from pos_loyalty.domain.state import CustomerState, Lot, PointsAccount
 
 from . import schema
-from .codec import id_key, id_text, lot_key, lot_text, time_key, time_value
+from .codec import (
+    earned_key,
+    earned_value,
+    expires_key,
+    expires_value,
+    id_key,
+    id_text,
+    lot_key,
+    lot_text,
+)
 
 
 def raw_connection(conn: Connection) -> sqlite3.Connection:
@@ -31,7 +41,8 @@ def raw_connection(conn: Connection) -> sqlite3.Connection:
 
 
 _BALANCES = "SELECT program, unit, balance FROM balances WHERE customer_id = ?"
-# Lots in their stored forms (``codec``: id_key, lot_key, time_key; 0005_compact).
+# Lots in their stored forms (``codec``: id_key, lot_key; 0005_compact; times as earned_key,
+# expires_key: 0006_events).
 _LOTS = "SELECT program, lot, earned_at, expires_at, remaining FROM lots WHERE customer_id = ?"
 _INSERT_BALANCE = "INSERT INTO balances (customer_id, program, unit, balance) VALUES (?, ?, ?, ?)"
 _UPDATE_BALANCE = (
@@ -95,12 +106,8 @@ def load_state(conn: Connection, customer_id: str) -> CustomerState:
         if lots is None:
             lots = lots_of[program] = state.points.setdefault(program, PointsAccount()).lots
         lot_id = lot_text(lot, program)
-        lots[lot_id] = Lot(
-            lot_id,
-            time_value(earned_at),
-            None if expires_at is None else time_value(expires_at),
-            remaining,
-        )
+        earned = earned_value(earned_at, lot)
+        lots[lot_id] = Lot(lot_id, earned, expires_value(expires_at, earned), remaining)
     return state
 
 
@@ -117,12 +124,13 @@ def lot_row(
         earned_at = datetime.fromisoformat(earned_at)
     if isinstance(expires_at, str):
         expires_at = datetime.fromisoformat(expires_at)
+    lot = lot_key(lot_id, program)
     return (
         id_key(customer_id),
         program,
-        lot_key(lot_id, program),
-        time_key(earned_at),
-        None if expires_at is None else time_key(expires_at),
+        lot,
+        earned_key(earned_at, lot),
+        expires_key(expires_at, earned_at),
         remaining,
     )
 
@@ -154,17 +162,27 @@ def store_state(conn: Connection, before: CustomerState, after: CustomerState) -
     for program, acc in new_accounts.items():
         old_acc = old_accounts.get(program)
         old_lots = old_acc.lots if old_acc is not None else {}
-        for lot_id, lot in acc.lots.items():
+        lots = acc.lots
+        # Lots are immutable and states are shallow copies: a lot both states hold unchanged
+        # is the same object. A regular customer holds hundreds, and a sale usually only
+        # adds one: checked in C (identity), walked one by one only when one changed.
+        if all(map(is_, map(lots.get, old_lots), old_lots.values())):
+            changed: Iterable[str] = lots.keys() - old_lots.keys()
+        else:
+            changed = lots.keys()
+        for lot_id in changed:
+            lot = lots[lot_id]
             known = old_lots.get(lot_id)
             if known is None:
+                key = lot_key(lot_id, program)
                 raw.execute(
                     _INSERT_LOT_ROW,
                     (
                         ckey,
                         program,
-                        lot_key(lot_id, program),
-                        time_key(lot.earned_at),
-                        None if lot.expires_at is None else time_key(lot.expires_at),
+                        key,
+                        earned_key(lot.earned_at, key),
+                        expires_key(lot.expires_at, lot.earned_at),
                         lot.remaining,
                     ),
                 )

@@ -229,10 +229,14 @@ class Replica:
                 .limit(limit)
             ).all()
             # Plain tuples, fetched at once: the catch-up of a long-offline till reads many.
-            return [
-                StoredEvent(i, t, s, k, a, c, key, tx.payload_text(p), bytes(ph), bytes(h))
-                for i, t, s, k, a, c, key, p, ph, h in rows
-            ]
+            out: list[StoredEvent] = []
+            for i, t, s, k, a, c, key, p, ph, h in rows:
+                # A NULL prev_hash is the hash of the event before (0006_events).
+                if ph is None and out and out[-1].seq == s - 1:
+                    ph = out[-1].hash
+                ph = tx.prev_hash(t, s, ph)
+                out.append(StoredEvent(i, t, s, k, a, c, key, tx.payload_text(p), ph, bytes(h)))
+            return out
 
     def record_answers(
         self, sent: Sequence[StoredEvent], answers: Sequence[Answer], epoch: int

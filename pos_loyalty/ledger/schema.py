@@ -23,29 +23,94 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.types import UserDefinedType
+from sqlalchemy.types import TypeDecorator, UserDefinedType
+
+from .codec import at_key, at_text, id_key, id_text, kind_key, kind_text
 
 metadata = MetaData()
+
+
+class Stored(UserDefinedType[Any]):
+    """A column holding a ``codec`` stored form: bytes, an integer or a text, by value (BLOB
+    affinity: SQLite keeps what it is given). Read as is (``LargeBinary`` would turn every
+    value into bytes)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return "BLOB"
+
+
+class EventId(TypeDecorator[str]):
+    """An id as ``codec.id_key`` stores it (a UUID as its 16 bytes), read back as its text."""
+
+    impl = Stored
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return id_key(value) if isinstance(value, str) else value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return value if value is None or isinstance(value, str) else id_text(value)
+
+
+class EventAt(TypeDecorator[str]):
+    """An event's ``at`` as ``codec.at_key`` stores it (UTC as integer microseconds), read
+    back as its text, byte for byte."""
+
+    impl = Stored
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return at_key(value) if isinstance(value, str) else value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return value if value is None else at_text(value)
+
+
+class EventKind(TypeDecorator[str]):
+    """An event's kind as ``codec.kind_key`` stores it (a small integer), read back as its
+    text."""
+
+    impl = Stored
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return kind_key(value) if isinstance(value, str) else value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return value if value is None else kind_text(value)
+
 
 events = Table(
     "events",
     metadata,
     Column("pos", Integer, primary_key=True, autoincrement=True),  # local order of application
-    Column("id", String(36), nullable=False, unique=True),
+    # Compact stored forms (0006_events, ``codec``), read and written as the texts through
+    # SQLAlchemy; plain SQL passes ``codec.id_key`` / ``kind_key`` / ``at_key`` values.
+    Column("id", EventId(), nullable=False, unique=True),  # codec.id_key
     Column("terminal_id", String(64), nullable=False),
     Column("seq", Integer, nullable=False),
-    Column("kind", String(32), nullable=False),
-    Column("at", String(40), nullable=False),
-    Column("customer_id", String(36)),
+    Column("kind", EventKind(), nullable=False),  # codec.kind_key
+    Column("at", EventAt(), nullable=False),  # codec.at_key
+    Column("customer_id", EventId()),  # codec.id_key
     Column("key", String(128)),
     # codec.encode_payload of the canonical JSON {"p": postings, "d": data} (0005; the
     # column is declared TEXT: rows written before 0005 hold the text itself)
     Column("payload", Text, nullable=False),
-    Column("prev_hash", LargeBinary(32), nullable=False),
+    # NULL: the ``hash`` of this till's event ``seq - 1`` in this table (0006_events;
+    # ``store.Tx.prev_hash`` puts it back)
+    Column("prev_hash", LargeBinary(32)),
     Column("hash", LargeBinary(32), nullable=False),
     UniqueConstraint("terminal_id", "seq", name="uq_events_terminal_seq"),
 )
-Index("ix_events_customer", events.c.customer_id, events.c.pos)
+# Anonymous events (a sale without a card) are not in it (0006_events).
+Index(
+    "ix_events_customer",
+    events.c.customer_id,
+    events.c.pos,
+    sqlite_where=events.c.customer_id.isnot(None),
+)
 
 heads = Table(
     "heads",
@@ -82,18 +147,8 @@ balances = Table(
     Column("unit", String(8), nullable=False),
     Column("balance", Integer, nullable=False),
     PrimaryKeyConstraint("customer_id", "program", "unit"),
+    sqlite_with_rowid=False,  # the key is the one b-tree (0006_events)
 )
-
-
-class Stored(UserDefinedType[Any]):
-    """A column holding a ``codec`` stored form: bytes, an integer or a text, by value (BLOB
-    affinity: SQLite keeps what it is given). Read as is (``LargeBinary`` would turn every
-    value into bytes)."""
-
-    cache_ok = True
-
-    def get_col_spec(self, **_kw: Any) -> str:
-        return "BLOB"
 
 
 # Lots and receipts in compact stored forms (0005_compact, see ``codec``): ids as 16 bytes,

@@ -8,6 +8,8 @@ before the caller answers (DESIGN invariant 5).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import sqlite3
@@ -17,17 +19,18 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.exc import DatabaseError, OperationalError
 
 from pos_loyalty.domain.events import Event
-from pos_loyalty.domain.state import CustomerState
+from pos_loyalty.domain.state import CustomerState, PointsAccount
 
 from . import schema
 from .codec import (
     GENESIS,
+    KIND_CODES,
     PAYLOAD,
     RESPONSE,
     Dictionaries,
@@ -35,10 +38,13 @@ from .codec import (
     decode_payload,
     encode_payload,
     event_from_row,
+    id_key,
     id_text,
+    kind_key,
     pack_response,
     payload_of,
     response_text,
+    time_key,
     train,
     train_due,
     unpack_response,
@@ -79,6 +85,13 @@ _RECEIPT = "SELECT key, event_id, refunded, response FROM receipts WHERE key = ?
 _EVENT_PAYLOAD = "SELECT payload FROM events WHERE id = ?"
 _HAS_EVENT = "SELECT 1 FROM events WHERE id = ?"
 _HEAD = "SELECT seq, hash FROM heads WHERE terminal_id = ?"
+# The head and whether its event is a row here (then the next event's prev_hash is implied
+# and stored as NULL, 0006_events): not for a till's first event or one after a baseline.
+_HEAD_LINKED = (
+    "SELECT h.seq, h.hash, e.pos FROM heads h LEFT JOIN events e "
+    "ON e.terminal_id = h.terminal_id AND e.seq = h.seq AND e.hash = h.hash "
+    "WHERE h.terminal_id = ?"
+)
 _NEWEST_POS = "SELECT max(pos) FROM events WHERE customer_id = ?"  # ix_events_customer
 _INSERT_EVENT = (
     "INSERT INTO events (id, terminal_id, seq, kind, at, customer_id, key, payload, "
@@ -95,8 +108,10 @@ _INSERT_DICTIONARY = "INSERT INTO codec_dicts (purpose, zdict) VALUES (?, ?)"
 _RECENT_PAYLOADS = "SELECT payload FROM events ORDER BY pos DESC LIMIT 128"
 _RECENT_RESPONSES = (
     "SELECT response FROM receipts WHERE key IN (SELECT 'sale:' || key FROM events "
-    "WHERE +terminal_id = ? AND kind = 'sale.committed' ORDER BY pos DESC LIMIT 64)"
+    f"WHERE +terminal_id = ? AND kind = {KIND_CODES['sale.committed']} "
+    "ORDER BY pos DESC LIMIT 64)"
 )
+_PREV_HASH = "SELECT hash FROM events WHERE terminal_id = ? AND seq = ?"
 _UPDATE_HEAD = "UPDATE heads SET seq = ?, hash = ? WHERE terminal_id = ?"
 _INSERT_HEAD = "INSERT INTO heads (terminal_id, seq, hash) VALUES (?, ?, ?)"
 
@@ -109,6 +124,9 @@ class Receipt:
     refunded: dict[int, int]
     response: dict[str, Any]
 
+
+# ``codec.canonical`` as text (the same encoder options).
+_CANONICAL_TEXT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 # Tests set this so that every state served from the cache is compared with the one read
 # from the projection tables (a mismatch raises): the whole suite then checks the cache.
@@ -160,6 +178,96 @@ def _state_fingerprint(state: CustomerState) -> tuple[Any, ...]:
         for lot in account.lots.values()
     )
     return state.customer_id, sorted(state.balances().items()), lots
+
+
+def _touched(before: CustomerState, after: CustomerState) -> tuple[CustomerState, CustomerState]:
+    """``before`` and ``after`` (``before.copy(track=True)`` with events applied) reduced to
+    what ``store_state`` must write: every balance, and of each tracked account only the lots
+    the fold added, replaced or removed (``PointsAccount.changed``). Every other lot is the
+    same object in both states (immutable lots, shallow copies), so it needs no row change;
+    comparing hundreds of them per sale was a large part of a commit. Untracked accounts
+    (created by the fold) are passed whole. ``after`` stops tracking here."""
+    old_accounts = before.all_accounts()
+    if CHECK_STATE_CACHE:
+        for program, acc in after.all_accounts().items():
+            old = old_accounts.get(program)
+            if acc.changed is None or old is None:
+                continue
+            for lot_id in acc.lots.keys() | old.lots.keys():
+                if lot_id not in acc.changed and acc.lots.get(lot_id) is not old.lots.get(lot_id):
+                    raise LedgerError(f"lot {lot_id} changed without being tracked")
+
+    def reduce(acc: PointsAccount, program: str) -> PointsAccount:
+        new = after_accounts.get(program)
+        if new is None or new.changed is None or program not in old_accounts:
+            return acc
+        lots = acc.lots
+        return PointsAccount(acc.balance, {i: lots[i] for i in new.changed if i in lots})
+
+    after_accounts = after.all_accounts()
+    reduced = [
+        CustomerState(
+            state.customer_id,
+            points={p: reduce(a, p) for p, a in state.points.items()},
+            stamps=state.stamps,
+            lotted={k: reduce(a, k[0]) for k, a in state.lotted.items()},
+            counters=state.counters,
+        )
+        for state in (before, after)
+    ]
+    for acc in after_accounts.values():
+        acc.changed = None
+    return reduced[0], reduced[1]
+
+
+def _hash_and_payload(prev: bytes, ev: Event) -> tuple[bytes, str]:
+    """``codec.chain_hash(prev, ev)`` and ``codec.payload_of(ev)`` from one encoding of the
+    event's postings and data (most of its bytes), which both texts contain whole.
+
+    Canonical JSON of a dict is ``{`` + ``"key":value`` pairs in sorted key order joined by
+    ``,`` + ``}``, and a nested value encodes the same wherever it sits, so the texts are
+    assembled from the encoded parts: the hashed body's keys in sorted order are at,
+    customer_id, data, id, key, kind, postings, seq, terminal_id; the payload's d, p.
+    ``tests/ledger/test_commit_path.py`` checks both against ``codec`` for arbitrary events,
+    and every append does under ``CHECK_STATE_CACHE`` (the test suite)."""
+    enc = _CANONICAL_TEXT
+    data = enc(dict(ev.data))
+    postings = enc([p.to_json() for p in ev.postings])
+    payload = f'{{"d":{data},"p":{postings}}}'
+    body = (
+        f'{{"at":{enc(ev.at.isoformat())},"customer_id":{enc(ev.customer_id)},"data":{data},'
+        f'"id":{enc(ev.id)},"key":{enc(ev.key)},"kind":{enc(ev.kind.value)},'
+        f'"postings":{postings},"seq":{enc(ev.seq)},"terminal_id":{enc(ev.terminal_id)}}}'
+    )
+    digest = hashlib.sha256(prev + body.encode()).digest()
+    if CHECK_STATE_CACHE and (digest != chain_hash(prev, ev) or payload != payload_of(ev)):
+        raise LedgerError(f"event {ev.id}: assembled canonical JSON differs from codec's")
+    return digest, payload
+
+
+def _load_dictionary(raw: sqlite3.Connection, ident: int) -> tuple[str, bytes] | None:
+    row = raw.execute(_DICTIONARY, (ident,)).fetchone()
+    return None if row is None else (str(row[0]), bytes(row[1]))
+
+
+def _read_receipt(raw: sqlite3.Connection, dicts: Dictionaries, key: str) -> Receipt | None:
+    row = raw.execute(_RECEIPT, (key,)).fetchone()
+    if row is None:
+        return None
+    key, stored_id, refunded, response = row
+    event_id = id_text(stored_id)
+    # The request hash is the event's own (``data.request_hash``): read when it exists.
+    found = raw.execute(_EVENT_PAYLOAD, (stored_id,)).fetchone()
+    if found is None:
+        raise LedgerError(f"receipt {key!r} names event {event_id}, which is not in the ledger")
+    request_hash = json.loads(decode_payload(found[0], dicts))["d"]["request_hash"]
+    return Receipt(
+        key,
+        event_id,
+        str(request_hash),
+        {int(k): int(v) for k, v in json.loads(refunded).items()},
+        unpack_response(response, dicts),
+    )
 
 
 def make_engine(path: Path) -> Engine:
@@ -231,6 +339,23 @@ class Ledger:
         for customer_id, (version, state) in tx.pending_states.items():
             self.states.put(customer_id, version, state)
 
+    def receipt(self, key: str) -> Receipt | None:
+        """``Tx.receipt`` in a read transaction of its own: the idempotency check every commit
+        makes before it queues for the write lock. Straight on a pooled DB-API connection
+        (the engine's: same PRAGMAs, ``BEGIN`` issued here): SQLAlchemy's ``connect()``,
+        ``begin()`` and their events cost ~15 us, more than the two by-key reads."""
+        pooled = self.engine.raw_connection()
+        try:
+            raw = cast(sqlite3.Connection, pooled.driver_connection)
+            raw.execute("BEGIN")
+            try:
+                dicts = self.dicts.child(functools.partial(_load_dictionary, raw))
+                return _read_receipt(raw, dicts, key)
+            finally:
+                raw.execute("ROLLBACK")
+        finally:
+            pooled.close()
+
     @contextmanager
     def reader(self) -> Iterator[Tx]:
         with self.engine.connect() as conn:
@@ -267,7 +392,7 @@ class Tx:
     # -- reads ----------------------------------------------------------------------------
     def state(self, customer_id: str) -> CustomerState:
         """The customer's folded state (a copy the caller may change)."""
-        version = self.raw.execute(_NEWEST_POS, (customer_id,)).fetchone()[0]
+        version = self.raw.execute(_NEWEST_POS, (id_key(customer_id),)).fetchone()[0]
         pending = self.pending_states.get(customer_id)
         known = (
             pending[1]
@@ -307,23 +432,7 @@ class Tx:
         return None if row is None else CustomerRow(*row)
 
     def receipt(self, key: str) -> Receipt | None:
-        row = self.raw.execute(_RECEIPT, (key,)).fetchone()
-        if row is None:
-            return None
-        key, event_id, refunded, response = row
-        event_id = id_text(event_id)
-        # The request hash is the event's own (``data.request_hash``): read when it exists.
-        found = self.raw.execute(_EVENT_PAYLOAD, (event_id,)).fetchone()
-        if found is None:
-            raise LedgerError(f"receipt {key!r} names event {event_id}, which is not in the ledger")
-        request_hash = json.loads(self.payload_text(found[0]))["d"]["request_hash"]
-        return Receipt(
-            key,
-            event_id,
-            str(request_hash),
-            {int(k): int(v) for k, v in json.loads(refunded).items()},
-            unpack_response(response, self.dicts),
-        )
+        return _read_receipt(self.raw, self.dicts, key)
 
     def event(self, event_id: str) -> Event | None:
         row = self.conn.execute(select(schema.events).where(schema.events.c.id == event_id)).first()
@@ -334,7 +443,7 @@ class Tx:
         return decode_payload(stored, self.dicts)
 
     def has_event(self, event_id: str) -> bool:
-        return self.raw.execute(_HAS_EVENT, (event_id,)).fetchone() is not None
+        return self.raw.execute(_HAS_EVENT, (id_key(event_id),)).fetchone() is not None
 
     def history(
         self, customer_id: str, limit: int = 50, before: int | None = None
@@ -360,6 +469,17 @@ class Tx:
         row = self.raw.execute(_HEAD, (terminal_id or self.terminal_id,)).fetchone()
         return (0, GENESIS) if row is None else (row[0], row[1])
 
+    def prev_hash(self, terminal_id: str, seq: int, stored: bytes | None) -> bytes:
+        """An event's ``prev_hash`` from its stored value: NULL (0006_events) stands for the
+        ``hash`` of the same till's event ``seq - 1``, read here. Readers of many rows in
+        seq order take it from the row before instead."""
+        if stored is not None:
+            return bytes(stored)
+        row = self.raw.execute(_PREV_HASH, (terminal_id, seq - 1)).fetchone()
+        if row is None:
+            raise LedgerError(f"event {seq} of till {terminal_id} chains to a missing event")
+        return bytes(row[0])
+
     def count_events(self) -> int:
         from sqlalchemy import func
 
@@ -370,7 +490,8 @@ class Tx:
         self, events: list[Event], loaded: Mapping[str, CustomerState] | None = None
     ) -> list[Event]:
         """Append this till's new events: sequence, chain, projections. Returns them with seq."""
-        seq, prev = self.head()
+        head = self.raw.execute(_HEAD_LINKED, (self.terminal_id,)).fetchone()
+        seq, prev, linked = (0, GENESIS, None) if head is None else head
         stored: list[Event] = []
         states: dict[str, tuple[CustomerState, CustomerState]] = {}
         newest: dict[str, int] = {}  # customer -> position of their newest event appended
@@ -381,23 +502,24 @@ class Tx:
             if train_due(seq):
                 self._train()
             ev = replace(ev, seq=seq)
-            digest = chain_hash(prev, ev)
+            digest, payload = _hash_and_payload(prev, ev)
             cursor = self.raw.execute(
                 _INSERT_EVENT,
                 (
-                    ev.id,
+                    id_key(ev.id),
                     ev.terminal_id,
                     ev.seq,
-                    ev.kind.value,
-                    ev.at.isoformat(),
-                    ev.customer_id,
+                    kind_key(ev.kind.value),
+                    time_key(ev.at),  # = codec.at_key(ev.at.isoformat())
+                    None if ev.customer_id is None else id_key(ev.customer_id),
                     ev.key,
-                    encode_payload(payload_of(ev), self.dicts),
-                    prev,
+                    encode_payload(payload, self.dicts),
+                    None if linked is not None else prev,  # implied: the row before's hash
                     digest,
                 ),
             )
             prev = digest
+            linked = cursor.lastrowid
             if ev.customer_id is not None and cursor.lastrowid is not None:
                 newest[ev.customer_id] = cursor.lastrowid
             apply_side_tables(self.conn, ev)
@@ -407,11 +529,11 @@ class Tx:
                     # transaction already (an untouched copy), so it is not read again.
                     known = (loaded or {}).get(ev.customer_id)
                     before = known if known is not None else self.state(ev.customer_id)
-                    states[ev.customer_id] = (before, before.copy())
+                    states[ev.customer_id] = (before, before.copy(track=True))
                 states[ev.customer_id][1].apply(ev)
             stored.append(ev)
         for customer_id, (before, after) in states.items():
-            store_state(self.conn, before, after)
+            store_state(self.conn, *_touched(before, after))
             self.pending_states[customer_id] = (newest[customer_id], after)
         for customer_id in newest.keys() - states.keys():
             self.pending_states.pop(customer_id, None)  # not folded here: reload next time
@@ -425,8 +547,7 @@ class Tx:
 
     # -- compression dictionaries (``codec``) ----------------------------------------------
     def _dictionary(self, ident: int) -> tuple[str, bytes] | None:
-        row = self.raw.execute(_DICTIONARY, (ident,)).fetchone()
-        return None if row is None else (str(row[0]), bytes(row[1]))
+        return _load_dictionary(self.raw, ident)
 
     def _train(self) -> None:
         """Store dictionaries trained from the newest payloads and this till's newest answers;

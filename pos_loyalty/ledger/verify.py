@@ -154,9 +154,16 @@ class _ChainCheck:
             if row.seq != seq + 1:
                 gap = f"after seq {seq}" + (f" (event {prev_id})" if prev_id else "")
                 return self.fail(f"sequence gap: expected seq {seq + 1} {gap}", row)
-            if bytes(row.prev_hash) != prev:
+            # NULL: the hash of the row before, i.e. ``prev`` (0006_events)
+            if row.prev_hash is not None and bytes(row.prev_hash) != prev:
                 return self.fail("does not chain to the previous event", row)
             if chain_hash(prev, ev) != bytes(row.hash):
+                if row.prev_hash is None:  # implied link: either this row or the one before
+                    return self.fail(
+                        "does not chain to the previous event, or its content was edited "
+                        "(hash mismatch)",
+                        row,
+                    )
                 return self.fail("content does not match its hash (edited)", row)
             last[row.terminal_id] = (row.seq, bytes(row.hash), row.id)
             self.report.events += 1

@@ -14,17 +14,26 @@ from hypothesis import strategies as st
 
 from pos_loyalty.domain.events import Event, Kind, Posting, Unit
 from pos_loyalty.ledger.codec import (
+    KIND_CODES,
     PAYLOAD,
     RESPONSE,
     RESPONSE_ZDICT,
     Dictionaries,
+    at_key,
+    at_text,
     canonical,
     chain_hash,
     decode_payload,
+    earned_key,
+    earned_value,
     encode_payload,
     event_from_row,
+    expires_key,
+    expires_value,
     id_key,
     id_text,
+    kind_key,
+    kind_text,
     lot_key,
     lot_text,
     pack_response,
@@ -238,3 +247,84 @@ def test_times_round_trip_exactly(value: datetime) -> None:
 def test_a_time_of_unknown_form_is_refused() -> None:
     with pytest.raises(ValueError):
         time_value(b"\x00" * 8)  # type: ignore[arg-type]
+
+
+# -- 0006_events: event columns and lot times -------------------------------------------------
+
+json_like = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()  # NaN, infinities, -0.0: canonical JSON tells them apart, so must we
+    | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(aware_times.map(lambda t: t.isoformat()) | texts)
+def test_event_times_round_trip_exactly(text: str) -> None:
+    stored = at_key(text)
+    assert at_text(stored) == text
+    if isinstance(stored, int):
+        assert datetime.fromisoformat(text).utcoffset() == timedelta(0)
+
+
+def test_a_utc_event_time_is_an_integer_and_others_stay_text() -> None:
+    assert at_key("2026-11-24T00:22:43.377006+00:00") == 1_795_479_763_377_006
+    assert at_key("2026-11-24T00:22:43+00:00") == 1_795_479_763_000_000
+    for text in ("2026-11-24T01:22:43+01:00", "2026-11-24T00:22:43.377+00:00", "2026-11-24"):
+        assert at_key(text) == text
+    with pytest.raises(ValueError):
+        at_text(b"\x00")  # type: ignore[arg-type]
+
+
+@given(st.sampled_from([k.value for k in Kind]) | texts)
+def test_event_kinds_round_trip(kind: str) -> None:
+    stored = kind_key(kind)
+    assert kind_text(stored) == kind
+    assert isinstance(stored, int) == (kind in {k.value for k in Kind})
+
+
+def test_kind_codes_are_frozen() -> None:
+    assert [KIND_CODES[k.value] for k in Kind] == list(range(1, 11))
+    with pytest.raises(ValueError):
+        kind_text(99)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(min_size=16, max_size=16) | texts,
+    aware_times | st.datetimes(),
+    st.none() | aware_times | st.datetimes(),
+)
+def test_lot_times_round_trip_exactly(
+    lot: bytes | str, earned: datetime, expires: datetime | None
+) -> None:
+    if (earned.tzinfo is None) != (expires is None or expires.tzinfo is None):
+        expires = None  # a lot's times are both aware or both naive
+    stored = earned_key(earned, lot)
+    back = earned_value(stored, lot)
+    assert back.isoformat() == earned.isoformat()
+    end = expires_value(expires_key(expires, earned), back)
+    assert (None if end is None else end.isoformat()) == (
+        None if expires is None else expires.isoformat()
+    )
+
+
+def test_lot_times_are_small_integers_for_a_lot_made_when_it_was_earned() -> None:
+    lot = bytes.fromhex("01a20aeeb3817c288578afcb9ba09d54")  # a UUIDv7: ms 0x01a20aeeb381
+    earned = datetime(2026, 11, 24, 0, 22, 25, 409175, tzinfo=UTC)
+    assert earned_key(earned, lot) == 175  # microseconds after the id's millisecond
+    assert expires_key(earned + timedelta(days=365), earned) == 365 * 4 + 2
+    assert expires_key(earned + timedelta(seconds=90), earned) == 90 * 4 + 1
+    assert expires_key(earned + timedelta(microseconds=7), earned) == 7 * 4
+    with pytest.raises(ValueError):
+        expires_value(3, earned)  # no such unit
+
+
+@given(json_like)
+def test_canonical_is_json_dumps_with_the_chain_options(value: Any) -> None:
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical(value) == expected.encode()

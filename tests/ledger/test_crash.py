@@ -142,9 +142,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path: Path) -> 
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         counts = dict(
-            conn.execute(
-                "SELECT key, COUNT(*) FROM events WHERE kind = 'sale.committed' GROUP BY key"
-            ).fetchall()
+            conn.execute("SELECT key, COUNT(*) FROM events WHERE kind = 4 GROUP BY key").fetchall()
         )
     finally:
         conn.close()
@@ -165,9 +163,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path: Path) -> 
         with service.ledger.reader() as tx:  # stored payloads, decoded (codec)
             payloads = [
                 json.loads(tx.payload_text(p))
-                for (p,) in tx.raw.execute(
-                    "SELECT payload FROM events WHERE kind = 'sale.committed'"
-                ).fetchall()
+                for (p,) in tx.raw.execute("SELECT payload FROM events WHERE kind = 4").fetchall()
             ]
         report = verify(service.ledger)
         assert report.ok, [str(p) for p in report.problems]

@@ -22,6 +22,7 @@ from pos_loyalty.domain.basket import Basket, BasketLine, Redemption
 from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.domain.ids import expiry_event_id, lot_id, uuid7
 from pos_loyalty.domain.refund import RefundRequestLine
+from pos_loyalty.ledger.codec import at_text, id_text, kind_text
 from pos_loyalty.ledger.store import MIGRATIONS, Ledger, LedgerError
 from pos_loyalty.ledger.verify import verify
 from pos_loyalty.service import Profile, RefundRequest, SaleRequest, Service
@@ -139,7 +140,9 @@ def test_event_ids_are_uuid7_and_unique(tmp_path: Path) -> None:
     assert len(found) >= 10
     assert len({r[0] for r in found}) == len(found)
     expiries = 0
-    for event_id, kind, payload in found:
+    for stored_id, stored_kind, payload in found:
+        assert isinstance(stored_id, bytes) and len(stored_id) == 16  # stored as 16 bytes
+        event_id, kind = id_text(stored_id), kind_text(stored_kind)
         version = uuid.UUID(event_id).version
         if kind == "points.expired":
             # derived from the lot, so two tills expiring it make the same event
@@ -180,8 +183,24 @@ def test_hash_chain_links_every_event(tmp_path: Path) -> None:
     )
     prev = bytes(32)
     sizes = [0, 0]  # stored payload bytes, canonical JSON bytes
-    for event_id, till, seq, kind, at, customer, key, payload, prev_hash, digest in found:
-        assert prev_hash == prev
+    for (
+        stored_id,
+        till,
+        seq,
+        kind,
+        stored_at,
+        stored_customer,
+        key,
+        payload,
+        prev_hash,
+        digest,
+    ) in found:
+        # The first event's link is stored; every later one is implied by the row before
+        # (NULL, 0006_events). Ids as 16 bytes, UTC times as integer microseconds.
+        assert prev_hash == (prev if seq == 1 else None)
+        assert isinstance(stored_id, bytes) and isinstance(stored_at, int)
+        event_id, at, kind = id_text(stored_id), at_text(stored_at), kind_text(kind)
+        customer = None if stored_customer is None else id_text(stored_customer)
         text = payload_text(tmp_path / "ledger.sqlite", payload)
         sizes[0] += len(payload)
         sizes[1] += len(text.encode())
@@ -238,7 +257,7 @@ def test_a_commit_with_due_expiries_writes_them_in_the_same_transaction(tmp_path
     assert out["balances"]["points"]["balance"] == 5  # the 50 welcome points are gone
     service.ledger.close()
     kinds = rows(tmp_path / "ledger.sqlite", "SELECT kind, seq, key FROM events ORDER BY pos")
-    assert [k for k, _, _ in kinds] == [
+    assert [kind_text(k) for k, _, _ in kinds] == [
         "customer.enrolled",
         "card.issued",
         "points.expired",

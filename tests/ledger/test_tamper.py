@@ -16,7 +16,7 @@ from pos_loyalty import cli
 from pos_loyalty.bootstrap import ledger_path
 from pos_loyalty.config import load_settings
 from pos_loyalty.domain.basket import Basket, BasketLine
-from pos_loyalty.ledger.codec import encode_payload
+from pos_loyalty.ledger.codec import at_text, encode_payload, id_key, id_text, kind_text
 from pos_loyalty.ledger.store import Ledger
 from pos_loyalty.ledger.verify import Report, verify
 from pos_loyalty.service import Profile, SaleRequest, Service
@@ -56,10 +56,10 @@ def execute(data_dir: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 def sales(data_dir: Path) -> list[tuple[str, int, str]]:
     """(id, seq, payload text) of the sale events, in order."""
     return [
-        (event_id, seq, text(data_dir, payload))
+        (id_text(event_id), seq, text(data_dir, payload))
         for event_id, seq, payload in execute(
             data_dir,
-            "SELECT id, seq, payload FROM events WHERE kind = 'sale.committed' ORDER BY pos",
+            "SELECT id, seq, payload FROM events WHERE kind = 4 ORDER BY pos",
         )
     ]
 
@@ -113,7 +113,10 @@ def test_changing_an_events_amount_is_found_and_named(
     changed = edit_points(payload, 10)
     assert changed != payload
     execute(
-        data_dir, "UPDATE events SET payload = ? WHERE id = ?", stored(data_dir, changed), event_id
+        data_dir,
+        "UPDATE events SET payload = ? WHERE id = ?",
+        stored(data_dir, changed),
+        id_key(event_id),
     )
     assert sales(data_dir)[2][2] == changed  # the stored row now reads as the edit
     report = check(data_dir)
@@ -131,10 +134,16 @@ def test_changing_an_events_amount_is_found_and_named(
 def test_an_edit_with_its_own_hash_recomputed_breaks_the_next_link(data_dir: Path) -> None:
     found = execute(
         data_dir,
-        "SELECT id, seq, kind, at, customer_id, key, payload, prev_hash FROM events ORDER BY pos",
+        "SELECT id, seq, kind, at, customer_id, key, payload, prev_hash, hash FROM events "
+        "ORDER BY pos",
     )
-    index = next(i for i, r in enumerate(found) if r[2] == "sale.committed")
-    event_id, seq, kind, at, customer, key, payload, prev = found[index]
+    index = next(i for i, r in enumerate(found) if kind_text(r[2]) == "sale.committed")
+    stored_id, seq, kind, stored_at, stored_customer, key, payload, prev, _ = found[index]
+    # Stored forms (0006_events): ids as 16 bytes, the time as microseconds, the link implied.
+    event_id, at, customer = id_text(stored_id), at_text(stored_at), id_text(stored_customer)
+    kind = kind_text(kind)
+    assert prev is None
+    prev = found[index - 1][8]
     changed = json.loads(edit_points(text(data_dir, payload), 3))
     body = {
         "id": event_id,
@@ -154,11 +163,11 @@ def test_an_edit_with_its_own_hash_recomputed_breaks_the_next_link(data_dir: Pat
         "UPDATE events SET payload = ?, hash = ? WHERE id = ?",
         stored(data_dir, json.dumps(changed, sort_keys=True, separators=(",", ":"))),
         digest,
-        event_id,
+        stored_id,
     )
     report = check(data_dir)
     assert not report.ok
-    assert report.problems[0].event_id == found[index + 1][0]
+    assert report.problems[0].event_id == id_text(found[index + 1][0])
     assert "does not chain" in str(report.problems[0])
 
 
@@ -168,7 +177,7 @@ def test_an_edit_with_its_own_hash_recomputed_breaks_the_next_link(data_dir: Pat
 )
 def test_changing_any_column_of_an_event_is_found(data_dir: Path, column: str, value: str) -> None:
     event_id, _, _ = sales(data_dir)[1]
-    execute(data_dir, f"UPDATE events SET {column} = ? WHERE id = ?", value, event_id)
+    execute(data_dir, f"UPDATE events SET {column} = ? WHERE id = ?", value, id_key(event_id))
     report = check(data_dir)
     assert not report.ok
     assert report.problems[0].event_id == event_id
@@ -181,7 +190,7 @@ def test_deleting_a_middle_event_names_the_gap(
     deleted_id, deleted_seq, _ = found[1]
     after_id, after_seq, _ = found[2]
     assert after_seq == deleted_seq + 1
-    execute(data_dir, "DELETE FROM events WHERE id = ?", deleted_id)
+    execute(data_dir, "DELETE FROM events WHERE id = ?", id_key(deleted_id))
     report = check(data_dir)
     assert not report.ok
     problem = report.problems[0]
@@ -200,7 +209,7 @@ def test_deleting_the_last_event_is_found_by_the_head(
     found = sales(data_dir)
     last_id, last_seq, _ = found[-1]
     before_id, before_seq, _ = found[-2]
-    execute(data_dir, "DELETE FROM events WHERE id = ?", last_id)
+    execute(data_dir, "DELETE FROM events WHERE id = ?", id_key(last_id))
     report = check(data_dir)
     assert not report.ok
     text = str(report.problems[0])
@@ -253,23 +262,25 @@ def test_ledger_rebuild_fixes_a_changed_projection(
 def test_a_deleted_event_cannot_be_hidden_behind_a_chain_stub(data_dir: Path) -> None:
     found = execute(
         data_dir,
-        "SELECT id, seq, prev_hash, hash FROM events WHERE kind = 'sale.committed' ORDER BY pos",
+        "SELECT id, seq, prev_hash, hash FROM events WHERE kind = 4 ORDER BY pos",
     )
     deleted_id, seq, prev_hash, digest = found[1]
-    after_id = found[2][0]
+    assert prev_hash is None and found[0][1] == seq - 1
+    prev_hash = found[0][3]  # the implied link (0006_events): the hash of the row before
+    after_id = id_text(found[2][0])
     execute(data_dir, "DELETE FROM events WHERE id = ?", deleted_id)
     execute(
         data_dir,
         "INSERT INTO chain_stubs (terminal_id, seq, event_id, prev_hash, hash) "
         "VALUES ('till-1', ?, ?, ?, ?)",
         seq,
-        deleted_id,
+        id_text(deleted_id),
         prev_hash,
         digest,
     )
     report = check(data_dir)
     assert not report.ok
-    assert report.problems[0].event_id in (deleted_id, after_id), str(report.problems[0])
+    assert report.problems[0].event_id in (id_text(deleted_id), after_id), str(report.problems[0])
 
 
 @pytest.mark.parametrize(
@@ -290,10 +301,11 @@ def test_other_projection_edits_are_found(data_dir: Path, sql: str) -> None:
 
 def test_damaged_stored_bytes_are_found_and_named(data_dir: Path) -> None:
     event_id, seq, _ = sales(data_dir)[3]
-    ((payload,),) = execute(data_dir, "SELECT payload FROM events WHERE id = ?", event_id)
+    key = id_key(event_id)
+    ((payload,),) = execute(data_dir, "SELECT payload FROM events WHERE id = ?", key)
     damaged = bytearray(payload)
     damaged[len(damaged) // 2] ^= 0x55
-    execute(data_dir, "UPDATE events SET payload = ? WHERE id = ?", bytes(damaged), event_id)
+    execute(data_dir, "UPDATE events SET payload = ? WHERE id = ?", bytes(damaged), key)
     report = check(data_dir)
     assert not report.ok
     assert report.problems[0].event_id == event_id

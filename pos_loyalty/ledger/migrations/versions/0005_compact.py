@@ -24,6 +24,7 @@ import json
 import sqlite3
 import zlib
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -37,18 +38,39 @@ from pos_loyalty.ledger.codec import (
     encode_payload,
     id_key,
     id_text,
+    lot_key,
     lot_text,
     pack_response,
     response_text,
+    time_key,
     time_value,
     train,
 )
-from pos_loyalty.ledger.projections import lot_row
 
 revision = "0005_compact"
 down_revision = "0004_bootstrap"
 
 BATCH = 2000
+
+
+def lot_row(
+    lot_id: str,
+    customer_id: str,
+    program: str,
+    earned_at: str,
+    expires_at: str | None,
+    remaining: int,
+) -> tuple[Any, ...]:
+    """A ``lots`` row in the stored forms of this revision (later ones change them: this
+    is not ``projections.lot_row``)."""
+    return (
+        id_key(customer_id),
+        program,
+        lot_key(lot_id, program),
+        time_key(datetime.fromisoformat(earned_at)),
+        None if expires_at is None else time_key(datetime.fromisoformat(expires_at)),
+        remaining,
+    )
 
 
 def _raw() -> sqlite3.Connection:
