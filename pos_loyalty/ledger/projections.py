@@ -82,11 +82,10 @@ _CUSTOMER_EXISTS = "SELECT 1 FROM customers WHERE customer_id = ?"
 _INSERT_REFERRAL = "INSERT INTO referrals (code, customer_id) VALUES (?, ?)"
 
 
-def load_state(conn: Connection, customer_id: str) -> CustomerState:
-    """The folded state of one customer, read from the projection tables."""
+def state_of_balances(customer_id: str, balances: Iterable[Sequence[Any]]) -> CustomerState:
+    """A customer's state from their ``(program, unit, balance)`` rows, lots not yet in."""
     state = CustomerState(customer_id)
-    raw = raw_connection(conn)
-    for program, unit_name, balance in raw.execute(_BALANCES, (customer_id,)).fetchall():
+    for program, unit_name, balance in balances:
         unit = Unit(unit_name)
         if unit is Unit.STAMPS:
             state.stamps[program] = balance
@@ -96,6 +95,13 @@ def load_state(conn: Connection, customer_id: str) -> CustomerState:
             state.lotted[(program, unit)] = PointsAccount(balance=balance)
         else:
             state.counters[(program, unit)] = balance
+    return state
+
+
+def load_state(conn: Connection, customer_id: str) -> CustomerState:
+    """The folded state of one customer, read from the projection tables."""
+    raw = raw_connection(conn)
+    state = state_of_balances(customer_id, raw.execute(_BALANCES, (customer_id,)).fetchall())
     accounts = state.all_accounts()
     # Lots are the one projection that grows with a customer's history (one per earning
     # sale until it expires), read on every commit: fetched in one go.

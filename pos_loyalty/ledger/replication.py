@@ -36,7 +36,7 @@ from pos_loyalty.domain.ids import derived_id
 from pos_loyalty.domain.state import CustomerState
 
 from . import schema
-from .codec import Dictionaries, decode_payload, encode_payload, event_from_row
+from .codec import encode_payload, event_from_row
 from .projections import apply_side_tables, load_state, side_table_problem, store_state
 from .store import Ledger
 
@@ -435,18 +435,3 @@ _STORED_COLUMNS = (
     "prev_hash",
     "hash",
 )
-
-
-def _stored(row: Any, dicts: Dictionaries | None = None) -> StoredEvent:
-    return StoredEvent(
-        row.id,
-        row.terminal_id,
-        row.seq,
-        row.kind,
-        row.at,
-        row.customer_id,
-        row.key,
-        decode_payload(row.payload, dicts),
-        bytes(row.prev_hash),
-        bytes(row.hash),
-    )

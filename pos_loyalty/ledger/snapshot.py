@@ -43,11 +43,11 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from pos_loyalty.domain.events import LOT_UNITS, Event, Kind, Posting, Unit
+from pos_loyalty.domain.events import Event, Kind, Posting
 from pos_loyalty.domain.state import CustomerState, Lot, PointsAccount
 
 from . import schema
-from .projections import insert_lots, raw_connection
+from .projections import insert_lots, raw_connection, state_of_balances
 
 DIGEST_PREFIX = b"pos-loyalty snapshot 1\n"
 
@@ -194,17 +194,7 @@ class SnapshotFold:
             self.customers[cid] = (enrolled_at, profile)
         if not balances:
             return  # no posting ever: the full fold holds no state for them either
-        state = self.states[cid] = CustomerState(cid)
-        for program, unit_name, balance in balances:
-            unit = Unit(unit_name)
-            if unit is Unit.STAMPS:
-                state.stamps[program] = balance
-            elif unit is Unit.POINTS:
-                state.points[program] = PointsAccount(balance=balance)
-            elif unit in LOT_UNITS:
-                state.lotted[(program, unit)] = PointsAccount(balance=balance)
-            else:
-                state.counters[(program, unit)] = balance
+        state = self.states[cid] = state_of_balances(cid, balances)
         accounts = state.all_accounts()
         for lot_id, program, earned_at, expires_at, remaining in lots:
             account = accounts.get(program)

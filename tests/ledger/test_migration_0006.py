@@ -26,7 +26,6 @@ from sqlalchemy import select
 
 from pos_loyalty.bootstrap import ledger_path
 from pos_loyalty.config import load_settings
-from pos_loyalty.domain.basket import Basket, BasketLine, Redemption
 from pos_loyalty.domain.refund import RefundRequestLine
 from pos_loyalty.ledger import schema
 from pos_loyalty.ledger.codec import (
@@ -39,7 +38,9 @@ from pos_loyalty.ledger.codec import (
 )
 from pos_loyalty.ledger.store import MIGRATIONS, Ledger, make_engine
 from pos_loyalty.ledger.verify import verify
-from pos_loyalty.service import RefundRequest, SaleRequest, Service
+from pos_loyalty.service import RefundRequest, Service
+
+from .test_migration import plain, sale_request
 
 DATA = Path(__file__).parent / "data"
 EXPECTED: dict[str, Any] = json.loads((DATA / "ledger_0005.json").read_text())
@@ -67,18 +68,6 @@ def old_ledger(tmp_path: Path) -> Path:
 def open_service(data_dir: Path) -> Service:
     settings = replace(load_settings(), data_dir=data_dir)
     return Service(settings, Ledger(ledger_path(settings), settings.terminal_id), lambda: NOW)
-
-
-def plain(value: Any) -> Any:
-    return json.loads(json.dumps(value))
-
-
-def sale_request(receipt_id: str, raw: dict[str, Any]) -> SaleRequest:
-    basket = Basket(
-        tuple(BasketLine(sku, qty, price, cat) for sku, cat, qty, price in raw["lines"]),
-        redeem=(Redemption("points", raw["redeem"]),) if raw["redeem"] else (),
-    )
-    return SaleRequest(basket, raw["card"], receipt_id, None, raw)
 
 
 def dictionaries(path: Path) -> Dictionaries:
