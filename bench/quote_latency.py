@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service, card = seeded_service(tmp, programs, state)
         try:
-            request = SaleRequest(basket=basket, card=card)
+            request = SaleRequest(basket=basket, card=card, at=AT)  # the engine path's moment
             via_service = sample(lambda: service.quote(request), args.n, warmup)
             svc_result = service.quote(request)
         finally:
