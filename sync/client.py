@@ -299,9 +299,11 @@ class SyncClient:
             return None
         merchant = self.credentials.merchant_id
         self.programs_version = held = self.programs.have(merchant)
-        response = self._request(
-            "GET", "/v1/sync/config", params={"have": max(held, self._refused_version)}
-        )
+        params: dict[str, Any] = {"have": max(held, self._refused_version), "running": held}
+        if self._refused_version > held and self.programs_problem:
+            # What this till refused and why, for the operator (``server terminals``).
+            params.update(refused=self._refused_version, problem=self.programs_problem[:300])
+        response = self._request("GET", "/v1/sync/config", params=params)
         if response.status_code != 200:
             raise _refusal(response)
         try:

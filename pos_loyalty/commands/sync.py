@@ -10,6 +10,8 @@ imported inside ``run``.
 - ``server token create --terminal ID [--merchant M --store S]``: a one-time pairing token.
 - ``server token revoke --terminal ID``: refuse a till from now on.
 - ``server conflicts`` / ``server overdrafts``: what an operator must look at.
+- ``server terminals [--merchant M]``: every till, its status, the chain the server holds,
+  when it was last heard from, and the program configuration version it runs (or refused).
 - ``server programs set --merchant M --file F`` / ``server programs show --merchant M``: the
   program configuration the server distributes to the merchant's tills, with its version.
 - ``pair --server URL --token TOKEN [--no-bootstrap]``: exchange a pairing token for this
@@ -63,6 +65,10 @@ def register(sub: Any) -> None:
     q.add_argument("--file", required=True, help="TOML: [[programs]] (+ [guards], [nudges])")
     q = programs_sub.add_parser("show", help="the version and text the tills get")
     q.add_argument("--merchant", default="default")
+    q = server_sub.add_parser(
+        "terminals", help="list tills: status, last seen, program configuration version"
+    )
+    q.add_argument("--merchant", help="only this merchant's tills")
     server_sub.add_parser("conflicts", help="list conflicts recorded at ingest")
     server_sub.add_parser("overdrafts", help="list balances booked negative by redemptions")
 
@@ -74,6 +80,33 @@ def register(sub: Any) -> None:
         action="store_true",
         help="do not load the server's snapshot into an empty ledger (sync pulls every event)",
     )
+
+
+def _terminals(args: argparse.Namespace, store: Any) -> int:
+    rows = store.terminals(args.merchant)
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    if not rows:
+        print("no terminals")
+    for r in rows:
+        seen = r["last_seen_at"][:19] if r["last_seen_at"] else "never"
+        running, current = r["programs_version"], r["programs_current"]
+        if running is None:
+            programs = f"programs: not reported (current v{current})"
+        elif running < current:
+            programs = f"programs v{running}, behind v{current}"
+        elif running > current:
+            programs = f"programs v{running}, ahead of the server's v{current}"
+        else:
+            programs = f"programs v{running}"
+        if r["programs_refused"]:
+            programs += f"; refused v{r['programs_refused']}: {r['programs_problem'] or '?'}"
+        print(
+            f"{r['merchant_id']}/{r['store_id']}/{r['id']} {r['status']}: "
+            f"seq {r['head_seq']} (epoch {r['epoch']}), last seen {seen}, {programs}"
+        )
+    return 0
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -113,6 +146,8 @@ def _server(args: argparse.Namespace, settings: Any) -> int:
             return _emit(args, {"revoked": args.terminal}, f"till {args.terminal} revoked")
         if args.server_command == "programs":
             return _programs(args, store)
+        if args.server_command == "terminals":
+            return _terminals(args, store)
         if args.server_command in ("conflicts", "overdrafts"):
             rows = store.conflicts() if args.server_command == "conflicts" else store.overdrafts()
             if args.json:

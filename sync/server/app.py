@@ -189,10 +189,17 @@ def create_server_app(
     def config(
         auth: TillAuth = Depends(till),
         have: Annotated[int, Query(ge=0, le=2**31)] = 0,
+        running: Annotated[int | None, Query(ge=0, le=2**31)] = None,
+        refused: Annotated[int | None, Query(ge=1, le=2**31)] = None,
+        problem: Annotated[str | None, Query(max_length=300)] = None,
     ) -> ProgramConfig:
-        # Always the authenticated till's own merchant. ``have``: the version the till holds;
-        # at or above the current one the answer is a small ``unchanged`` (each sync round
-        # asks, so this stays cheap).
+        # Always the authenticated till's own merchant. ``have``: the version the till holds
+        # (or a newer one it refused: it is not sent again); at or above the current one the
+        # answer is a small ``unchanged`` (each sync round asks, so this stays cheap).
+        # ``running`` / ``refused`` / ``problem``: what the till runs and what it refused
+        # and why, kept for the operator (``server terminals``); a till that sends only
+        # ``have`` (an older release) is taken to run that version.
+        store.note_round(auth, have if running is None else running, refused, problem)
         version, text = store.program_config(auth.merchant_id)
         if version <= have:
             return ProgramConfig(

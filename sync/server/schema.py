@@ -57,6 +57,13 @@ terminals = Table(
     Column("head_seq", BigInteger, nullable=False, default=0),
     Column("head_hash", LargeBinary(32), nullable=False),
     Column("created_at", String(40), nullable=False),
+    # s0004: what the till last told the server (``ServerStore.note_round``): when it was
+    # last heard from (a push or a sync round's configuration check), the program
+    # configuration version it runs, and a newer version it refused with the reason.
+    Column("last_seen_at", String(40)),
+    Column("programs_version", Integer),
+    Column("programs_refused", Integer),
+    Column("programs_problem", String(300)),
 )
 
 tokens = Table(

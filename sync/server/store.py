@@ -39,6 +39,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -94,6 +96,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _ADJUSTED = Kind.ACCOUNT_ADJUSTED.value
 _CHUNK = 500
 MAX_PROGRAM_CONFIG_BYTES = 1024 * 1024
+# ``note_round`` writes a till's "last seen" at most this often (seconds) while what it
+# reports does not change: every sync round asks for the configuration, and a write per
+# round per till would only move a timestamp.
+SEEN_EVERY = 60.0
 
 
 class SyncError(Exception):
@@ -208,6 +214,9 @@ class ServerStore:
         self.is_sqlite = url.startswith("sqlite")
         migrate(self.engine)
         self.snapshots = SnapshotCache()  # bootstrap snapshots, per process (``snapshots``)
+        # terminal -> (what it reported, monotonic time written): ``note_round``'s throttle.
+        self._noted: dict[str, tuple[tuple[int, int | None, str | None], float]] = {}
+        self._noted_lock = threading.Lock()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -345,6 +354,60 @@ class ServerStore:
                 .values(revoked_at=now_iso())
             )
         return bool(done)
+
+    def note_round(
+        self, auth: TillAuth, running: int, refused: int | None = None, problem: str | None = None
+    ) -> None:
+        """Record what a till reported at its sync round's configuration check: the program
+        configuration version it runs, and a newer one it refused (with why). Also its
+        "last seen" time, written when the report changes or ``SEEN_EVERY`` seconds after
+        the last write (a push writes it too)."""
+        report = (running, refused or None, (problem or "")[:300] or None)
+        now = time.monotonic()
+        with self._noted_lock:
+            last = self._noted.get(auth.terminal_id)
+            if last is not None and last[0] == report and now - last[1] < SEEN_EVERY:
+                return
+            self._noted[auth.terminal_id] = (report, now)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(schema.terminals)
+                .where(schema.terminals.c.id == auth.terminal_id)
+                .values(
+                    last_seen_at=now_iso(),
+                    programs_version=report[0],
+                    programs_refused=report[1],
+                    programs_problem=report[2],
+                )
+            )
+
+    def terminals(self, merchant_id: str | None = None) -> list[dict[str, Any]]:
+        """Every till with its status, what the server holds of its chain, when it was last
+        heard from and its program configuration version next to the merchant's current
+        one (``programs_current``; 0: none published)."""
+        t, p = schema.terminals, schema.programs
+        query = (
+            select(
+                t.c.id,
+                t.c.merchant_id,
+                t.c.store_id,
+                t.c.status,
+                t.c.epoch,
+                t.c.head_seq,
+                t.c.created_at,
+                t.c.last_seen_at,
+                t.c.programs_version,
+                t.c.programs_refused,
+                t.c.programs_problem,
+                func.coalesce(p.c.version, 0).label("programs_current"),
+            )
+            .select_from(t.outerjoin(p, p.c.merchant_id == t.c.merchant_id))
+            .order_by(t.c.merchant_id, t.c.store_id, t.c.id)
+        )
+        if merchant_id is not None:
+            query = query.where(t.c.merchant_id == merchant_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     # -- bulk helpers: one statement per batch on PostgreSQL ------------------------------
     def _chunked(self, items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -615,7 +678,9 @@ class ServerStore:
                 conn.execute(
                     update(schema.terminals)
                     .where(schema.terminals.c.id == t)
-                    .values(epoch=epoch, head_seq=head_seq, head_hash=head_hash)
+                    .values(
+                        epoch=epoch, head_seq=head_seq, head_hash=head_hash, last_seen_at=received
+                    )
                 )
             self._insert_rows(conn, schema.conflicts, conflicts)
             self._flag_resent(conn, m, results)

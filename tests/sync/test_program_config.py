@@ -306,6 +306,120 @@ def test_bad_config_from_server_is_refused_and_till_keeps_its_programs(
     assert earned(till.service, card) == 20
 
 
+def _terminal(store: ServerStore, terminal_id: str) -> dict[str, Any]:
+    (row,) = [r for r in store.terminals() if r["id"] == terminal_id]
+    return row
+
+
+def test_server_terminals_lists_versions_last_seen_and_refusals(
+    store: ServerStore,
+    live_server: LiveServer,
+    make_till: Callable[..., Till],
+    syncs: Callable[..., TillSync],
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b, c = make_till("till-a"), make_till("till-b"), make_till("till-c")
+    pair_till(store, a, live_server.url, merchant="m1", store_id="s1")
+    pair_till(store, b, live_server.url, merchant="m1", store_id="s2")
+    pair_till(store, c, live_server.url, merchant="m2", store_id="s9")
+    assert [r["id"] for r in store.terminals("m1")] == ["till-a", "till-b"]
+    assert [r["id"] for r in store.terminals("m2")] == ["till-c"]
+    fresh = _terminal(store, "till-a")
+    assert (fresh["last_seen_at"], fresh["programs_version"], fresh["programs_current"]) == (
+        None,
+        None,
+        0,
+    )
+
+    store.set_program_config("m1", FIVE_PER_EURO)
+    sync = syncs(a)
+    assert sync.round().programs_applied == 1  # asked while it still ran v0
+    row = _terminal(store, "till-a")
+    assert (row["programs_version"], row["programs_current"]) == (0, 1)
+    assert row["last_seen_at"] is not None
+    sync.round()  # reports the version it runs now
+    row = _terminal(store, "till-a")
+    assert (row["programs_version"], row["programs_refused"]) == (1, None)
+    seen = row["last_seen_at"]
+    sync.round()  # nothing changed: "last seen" is not rewritten every round
+    assert _terminal(store, "till-a")["last_seen_at"] == seen
+    monkeypatch.setattr("sync.server.store.SEEN_EVERY", 0.0)
+    sync.round()
+    assert _terminal(store, "till-a")["last_seen_at"] > seen
+
+    # A configuration the till cannot use (bypassing the server's check, as above): the
+    # refusal and its reason reach the server at the till's next round.
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(schema.programs)
+            .where(schema.programs.c.merchant_id == "m1")
+            .values(version=2, config=BAD)
+        )
+    sync.round()
+    sync.round()
+    row = _terminal(store, "till-a")
+    assert (row["programs_version"], row["programs_refused"], row["programs_current"]) == (
+        1,
+        2,
+        2,
+    )
+    problem = row["programs_problem"]
+    assert problem.startswith("program configuration v2 refused: ")
+    assert "points_per_unit" in problem
+
+    # A push alone (no configuration check) also counts as heard from.
+    b.service.enrol(Profile(name="Bo"))
+    client = SyncClient(b.replica, b.replica.credentials(), timeout=5.0)  # type: ignore[arg-type]
+    try:
+        assert client.push().accepted == 2
+    finally:
+        client.close()
+    row = _terminal(store, "till-b")
+    assert row["last_seen_at"] is not None and row["programs_version"] is None
+    assert row["head_seq"] == 2
+
+    # A till of an older release sends only ``have``: taken as the version it runs.
+    creds = b.replica.credentials()
+    assert creds is not None
+    auth = {"authorization": f"Bearer {creds.credential}"}
+    with httpx.Client(base_url=live_server.url, headers=auth) as http:
+        assert http.get("/v1/sync/config", params={"have": 2}).status_code == 200
+        assert _terminal(store, "till-b")["programs_version"] == 2
+        # Hostile or broken reports are refused and change nothing.
+        hostile: list[dict[str, str | int]] = [
+            {"have": 1, "running": -1},
+            {"have": 1, "refused": 0},
+            {"have": 1, "running": "x"},
+            {"have": 1, "refused": 3, "problem": "x" * 301},
+        ]
+        for params in hostile:
+            answer = http.get("/v1/sync/config", params=params)
+            assert answer.status_code == 422, params
+            assert answer.json()["error"]["code"] == "invalid_request"
+        assert _terminal(store, "till-b")["programs_version"] == 2
+        assert _terminal(store, "till-b")["programs_refused"] is None
+
+    store.revoke("till-c")
+    base = ("--data-dir", str(tmp_path / "cli-data"), "server", "--db", db_url)
+    assert _cli(*base, "terminals") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("m1/s1/till-a active: seq 0 (epoch 1), last seen 20")
+    assert lines[0].endswith(", programs v1, behind v2; refused v2: " + problem)
+    assert lines[1].startswith("m1/s2/till-b active: seq 2 (epoch 1), last seen 20")
+    assert lines[1].endswith(", programs v2")
+    assert lines[2] == (
+        "m2/s9/till-c revoked: seq 0 (epoch 1), last seen never, "
+        "programs: not reported (current v0)"
+    )
+    assert _cli("--json", *base, "terminals", "--merchant", "m2") == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert (listed["id"], listed["status"], listed["programs_current"]) == ("till-c", "revoked", 0)
+
+
 def test_foreign_merchant_answer_is_refused(make_till: Callable[..., Till]) -> None:
     till = make_till("till-a")
     till.replica.save_credentials(Credentials("http://hq.test", "till-a", "m1", "s1", "c" * 20))
