@@ -846,6 +846,11 @@ class Service:
                 at=when,
                 spend=sale.data.get("spend", {}),
                 expired=expired,
+                spend_lots={
+                    p.program: p.lot
+                    for p in sale.postings
+                    if p.unit is Unit.SPEND and p.delta > 0 and p.lot is not None
+                },
             )
             postings = tuple(result.postings) if customer_id is not None else ()
             ev = self._event(

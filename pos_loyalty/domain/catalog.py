@@ -19,6 +19,7 @@ from . import coupons
 from .basket import Basket
 from .errors import DomainError
 from .events import Posting, Unit
+from .ids import LIFETIME_LOT
 from .money import allocate, format_minor
 from .programs import (
     BuyXGetYProgram,
@@ -299,9 +300,12 @@ def record_spend(
             line.earn_base[program.id] = total
             spend += total
     if spend:
-        expires = at + timedelta(days=program.window_days) if program.window_days else None
         result.spend[program.id] = spend
-        result.postings.append(Posting(program.id, Unit.SPEND, spend, expires_at=expires))
+        if program.window_days:
+            expires = at + timedelta(days=program.window_days)
+            result.postings.append(Posting(program.id, Unit.SPEND, spend, expires_at=expires))
+        else:  # lifetime spend: every sale adds to the customer's one lifetime lot
+            result.postings.append(Posting(program.id, Unit.SPEND, spend, lot=LIFETIME_LOT))
     reached = program.level_for(tier.spend_before + tier.sale_amount)
     if reached > tier.held and reached > 0:
         until = None

@@ -35,6 +35,13 @@ def lot_id(event_id: str, program: str) -> str:
     return f"{event_id}/{program}"
 
 
+# The one lot a lifetime tier's qualifying spend is credited to (``Posting.lot`` on the
+# credit): it never expires, so one lot per customer holds it all instead of one per sale
+# kept forever (ledger rows, state loads and bootstrap snapshots would grow with every
+# visit). Sales recorded before it existed keep their own lots; both count the same.
+LIFETIME_LOT = "lifetime"
+
+
 def expiry_event_id(lot: str) -> str:
     """The one id of the event that expires ``lot`` (two tills expiring it make one event)."""
     return derived_id("expiry", lot)

@@ -100,6 +100,7 @@ def reverse(
     at: datetime,
     spend: Mapping[str, int] | None = None,
     expired: Mapping[str, int] | None = None,
+    spend_lots: Mapping[str, str] | None = None,
 ) -> RefundResult:
     """The reversal of ``units`` (per line) given ``already`` refunded units per line.
 
@@ -110,6 +111,9 @@ def reverse(
 
     ``expired`` holds, per points program, how many of the points this sale earned have
     already expired: those are gone once and are never taken back a second time.
+
+    ``spend_lots``: per tier program, the lot the sale's spend credit named (a lifetime
+    tier's shared lot); otherwise the sale's own lot is taken from first.
     """
     after = {line.index: already.get(line.index, 0) + units.get(line.index, 0) for line in lines}
 
@@ -168,7 +172,12 @@ def reverse(
         taken = part(values, after) - part(values, already)
         if taken:
             postings.append(
-                Posting(tiers.id, Unit.SPEND, -taken, lot=lot_id(sale_event_id, tiers.id))
+                Posting(
+                    tiers.id,
+                    Unit.SPEND,
+                    -taken,
+                    lot=(spend_lots or {}).get(tiers.id) or lot_id(sale_event_id, tiers.id),
+                )
             )
     for card in programs.stamp_cards:
         taken = delta("stamps_earned", card.id)

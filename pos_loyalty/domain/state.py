@@ -144,9 +144,10 @@ class CustomerState:
             return
         account = self.lots_of(posting.program, posting.unit)
         if posting.delta >= 0:
-            account.credit(
-                lot_id(event.id, posting.program), posting.delta, event.at, posting.expires_at
-            )
+            # A credit names its lot only to share one (``ids.LIFETIME_LOT``); otherwise the
+            # lot is the crediting event's own.
+            lot = posting.lot if posting.lot is not None else lot_id(event.id, posting.program)
+            account.credit(lot, posting.delta, event.at, posting.expires_at)
         else:
             account.debit(-posting.delta, posting.lot)
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pos_loyalty.domain.events import Event, Kind, Posting, Unit
-from pos_loyalty.domain.ids import lot_id
+from pos_loyalty.domain.ids import LIFETIME_LOT, lot_id
 from pos_loyalty.domain.state import CustomerState, PointsAccount, fold
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -155,3 +155,30 @@ def test_unpreferred_debits_take_soonest_expiring_first(
         touched = [lid for lid in order if after.get(lid, 0) != before[lid]]
         assert touched == order[: len(touched)]
         assert all(lid not in after for lid in touched[:-1])
+
+
+def test_a_credit_naming_a_lot_adds_to_it_and_older_own_lots_stay() -> None:
+    """Lifetime tier spend: each sale's credit names ``LIFETIME_LOT`` (one lot per customer,
+    earned at its first credit); spend recorded before that (credits without a lot) keeps its
+    own lots, and a refund debit naming either takes from the named one first."""
+    events = [
+        _event("old-1", "c1", Posting("tiers", Unit.SPEND, 500)),  # recorded by older code
+        _event("new-1", "c1", Posting("tiers", Unit.SPEND, 300, lot=LIFETIME_LOT)),
+        _event("new-2", "c1", Posting("tiers", Unit.SPEND, 200, lot=LIFETIME_LOT)),
+    ]
+    state = fold("c1", events)
+    account = state.lotted[("tiers", Unit.SPEND)]
+    assert account.balance == 1000
+    assert remaining(account) == {lot_id("old-1", "tiers"): 500, LIFETIME_LOT: 500}
+    assert account.lots[LIFETIME_LOT].earned_at == day(0)  # the first credit's moment
+    assert account.lots[LIFETIME_LOT].expires_at is None
+    state.apply(_event("refund-new-2", "c1", Posting("tiers", Unit.SPEND, -150, lot=LIFETIME_LOT)))
+    state.apply(
+        _event(
+            "refund-old-1", "c1", Posting("tiers", Unit.SPEND, -100, lot=lot_id("old-1", "tiers"))
+        )
+    )
+    assert remaining(account) == {lot_id("old-1", "tiers"): 400, LIFETIME_LOT: 350}
+    for n in range(50):
+        state.apply(_event(f"more-{n}", "c1", Posting("tiers", Unit.SPEND, 10, lot=LIFETIME_LOT)))
+    assert len(account.lots) == 2 and account.lots[LIFETIME_LOT].remaining == 850
