@@ -883,9 +883,16 @@ class ServerStore:
                 )
         else:
             found = list(
+                # A join with the unnested array, not ``customer_id = ANY(array)``: on a
+                # small or freshly updated table the planner picks a sequential scan and
+                # ``= ANY`` then compares every row with every element (this read grew
+                # from 0.01 s to 0.3 s per 10,000 events as the table's first 3,000 rows
+                # were updated); the join hashes the array once.
                 conn.exec_driver_sql(
-                    "SELECT customer_id, program, unit, balance, overdraft FROM balances"
-                    " WHERE merchant_id = %(m)s AND customer_id = ANY(%(c)s::text[])",
+                    "SELECT b.customer_id, b.program, b.unit, b.balance, b.overdraft"
+                    " FROM unnest(%(c)s::text[]) AS c(id)"
+                    " JOIN balances AS b ON b.customer_id = c.id"
+                    " WHERE b.merchant_id = %(m)s",
                     {"m": merchant_id, "c": _pg_text_array(customers)},
                 ).all()
             )
