@@ -28,6 +28,7 @@ from pos_loyalty.ledger.replication import (
     Stub,
 )
 from sync.protocol import (
+    MAX_BATCH,
     PROTOCOL_VERSION,
     PairResponse,
     ProgramConfig,
@@ -38,7 +39,10 @@ from sync.protocol import (
 
 log = logging.getLogger("sync.client")
 
-DEFAULT_BATCH = 500
+# Pushes go in the largest batch the protocol takes (1,000 events, ~0.6 MB): a till
+# catching up after a weekend offline spends far less per event than in batches of 500
+# (10,000 events: ~0.75-0.83 s against ~0.9 s on the bench machine; bench/README.md).
+DEFAULT_BATCH = MAX_BATCH
 DEFAULT_PAGE = 2000
 
 
