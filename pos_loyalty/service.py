@@ -292,7 +292,7 @@ class Service:
             assert isinstance(target, PointsProgram)
             expires = when + timedelta(days=target.expiry_days) if target.expiry_days else None
             if gift.points:
-                postings.append(Posting(target.id, Unit.POINTS, gift.points, expires_at=expires))
+                postings.append(Posting.credit(target.id, Unit.POINTS, gift.points, expires))
                 welcome[target.id] = welcome.get(target.id, 0) + gift.points
         data: dict[str, Any] = {"profile": _profile_json(profile)}
         if referral:
@@ -308,11 +308,11 @@ class Service:
                     assert isinstance(target, PointsProgram)
                     if program.new_customer_points:
                         postings.append(
-                            Posting(
+                            Posting.credit(
                                 target.id,
                                 Unit.POINTS,
                                 program.new_customer_points,
-                                expires_at=_expiry_of(target, when),
+                                _expiry_of(target, when),
                             )
                         )
                         welcome[target.id] = welcome.get(target.id, 0) + program.new_customer_points
@@ -375,7 +375,7 @@ class Service:
         postings = [Posting(program.id, Unit.COUNT, 1)]
         if points:
             postings.append(
-                Posting(target.id, Unit.POINTS, points, expires_at=_expiry_of(target, when))
+                Posting.credit(target.id, Unit.POINTS, points, _expiry_of(target, when))
             )
         return self._event(
             Kind.REFERRAL_REWARDED,
@@ -846,11 +846,7 @@ class Service:
                 at=when,
                 spend=sale.data.get("spend", {}),
                 expired=expired,
-                spend_lots={
-                    p.program: p.lot
-                    for p in sale.postings
-                    if p.unit is Unit.SPEND and p.delta > 0 and p.lot is not None
-                },
+                sale_lots={p.program: p.lot for p in sale.postings if p.delta > 0 and p.lot},
             )
             postings = tuple(result.postings) if customer_id is not None else ()
             ev = self._event(
@@ -919,7 +915,11 @@ class Service:
                     Kind.ACCOUNT_ADJUSTED,
                     when,
                     customer_id,
-                    postings=(Posting(program_id, unit, delta, expires_at=expires),),
+                    postings=(
+                        Posting.credit(program_id, unit, delta, expires)
+                        if unit is Unit.POINTS and delta > 0
+                        else Posting(program_id, unit, delta),
+                    ),
                     data={"reason": reason},
                 )
             )

@@ -19,7 +19,6 @@ from . import coupons
 from .basket import Basket
 from .errors import DomainError
 from .events import Posting, Unit
-from .ids import LIFETIME_LOT
 from .money import allocate, format_minor
 from .programs import (
     BuyXGetYProgram,
@@ -301,11 +300,9 @@ def record_spend(
             spend += total
     if spend:
         result.spend[program.id] = spend
-        if program.window_days:
-            expires = at + timedelta(days=program.window_days)
-            result.postings.append(Posting(program.id, Unit.SPEND, spend, expires_at=expires))
-        else:  # lifetime spend: every sale adds to the customer's one lifetime lot
-            result.postings.append(Posting(program.id, Unit.SPEND, spend, lot=LIFETIME_LOT))
+        # A lifetime window: every sale adds to the customer's one lifetime lot.
+        expires = at + timedelta(days=program.window_days) if program.window_days else None
+        result.postings.append(Posting.credit(program.id, Unit.SPEND, spend, expires))
     reached = program.level_for(tier.spend_before + tier.sale_amount)
     if reached > tier.held and reached > 0:
         until = None
@@ -835,7 +832,7 @@ def earn_catalog(
             if ref.new_customer_points:
                 expires = at + timedelta(days=target.expiry_days) if target.expiry_days else None
                 result.postings.append(
-                    Posting(target.id, Unit.POINTS, ref.new_customer_points, expires_at=expires)
+                    Posting.credit(target.id, Unit.POINTS, ref.new_customer_points, expires)
                 )
             result.referral = ref.id
             result.issued.append(

@@ -314,7 +314,7 @@ def _earn_points(
         return
     expires = at + timedelta(days=program.expiry_days) if program.expiry_days else None
     result.earned[program.id] = earned
-    result.postings.append(Posting(program.id, Unit.POINTS, earned, expires_at=expires))
+    result.postings.append(Posting.credit(program.id, Unit.POINTS, earned, expires))
 
 
 def _earn_stamps(card: StampCardProgram, result: Quote) -> None:

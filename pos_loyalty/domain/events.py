@@ -13,6 +13,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from .ids import LIFETIME_LOT
+
 
 class Unit(str, Enum):
     """What a posting counts. POINTS, SPEND, LEVEL and OFFER are kept in lots (they can
@@ -58,8 +60,10 @@ class Posting:
       unit: points or stamps.
       delta: signed integer change.
       lot: for a debit of points, the lot to take from first (an expiry names its lot; a
-        reversal names the lot its sale earned); unused for credits, whose lot id is derived
-        from the event id (``ids.lot_id``).
+        reversal names the lot its sale earned). For a credit, the lot it adds to: a credit
+        that never expires names ``ids.LIFETIME_LOT`` (``Posting.credit``); without a name
+        (credits that expire, and every credit recorded before lifetime lots existed) the
+        lot is the crediting event's own (``ids.lot_id``).
       expires_at: for a credit of points, when the lot it creates expires (None: never).
     """
 
@@ -68,6 +72,16 @@ class Posting:
     delta: int
     lot: str | None = None
     expires_at: datetime | None = None
+
+    @staticmethod
+    def credit(program: str, unit: Unit, delta: int, expires_at: datetime | None) -> Posting:
+        """A credit of a unit counted by the sum of its lots (points, tier spend): to a lot
+        of its own that expires at ``expires_at``, or, when it never expires, to the
+        customer's one lifetime lot of the program (its lots would otherwise grow by one per
+        sale, kept until spent). Not for tier marks (LEVEL: the highest live lot counts)."""
+        if expires_at is None:
+            return Posting(program, unit, delta, lot=LIFETIME_LOT)
+        return Posting(program, unit, delta, expires_at=expires_at)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -100,7 +100,7 @@ def reverse(
     at: datetime,
     spend: Mapping[str, int] | None = None,
     expired: Mapping[str, int] | None = None,
-    spend_lots: Mapping[str, str] | None = None,
+    sale_lots: Mapping[str, str] | None = None,
 ) -> RefundResult:
     """The reversal of ``units`` (per line) given ``already`` refunded units per line.
 
@@ -112,8 +112,8 @@ def reverse(
     ``expired`` holds, per points program, how many of the points this sale earned have
     already expired: those are gone once and are never taken back a second time.
 
-    ``spend_lots``: per tier program, the lot the sale's spend credit named (a lifetime
-    tier's shared lot); otherwise the sale's own lot is taken from first.
+    ``sale_lots``: per program, the lot the sale's credit named (the customer's lifetime
+    lot, ``Posting.credit``): a reversal takes from it first; otherwise from the sale's own.
     """
     after = {line.index: already.get(line.index, 0) + units.get(line.index, 0) for line in lines}
 
@@ -126,6 +126,9 @@ def reverse(
     def delta(pick: str, program: str) -> int:
         values = {line.index: getattr(line, pick).get(program, 0) for line in lines}
         return part(values, after) - part(values, already)
+
+    def own_lot(program: str) -> str:
+        return (sale_lots or {}).get(program) or lot_id(sale_event_id, program)
 
     postings: list[Posting] = []
     reversed_points: dict[str, int] = {}
@@ -145,13 +148,11 @@ def reverse(
         )
         if taken:
             reversed_points[program.id] = taken
-            postings.append(
-                Posting(program.id, Unit.POINTS, -taken, lot=lot_id(sale_event_id, program.id))
-            )
+            postings.append(Posting(program.id, Unit.POINTS, -taken, lot=own_lot(program.id)))
         back = delta("points_paid", program.id)
         if back:
             returned_points[program.id] = back
-            postings.append(Posting(program.id, Unit.POINTS, back, expires_at=_expiry(program, at)))
+            postings.append(Posting.credit(program.id, Unit.POINTS, back, _expiry(program, at)))
     for wallet in programs.of(CashbackProgram):
         base_by_line = {line.index: line.earn_base.get(wallet.id, 0) for line in lines}
         base = sum(base_by_line.values())
@@ -176,7 +177,7 @@ def reverse(
                     tiers.id,
                     Unit.SPEND,
                     -taken,
-                    lot=(spend_lots or {}).get(tiers.id) or lot_id(sale_event_id, tiers.id),
+                    lot=own_lot(tiers.id),
                 )
             )
     for card in programs.stamp_cards:

@@ -8,7 +8,7 @@ from pathlib import Path
 from pos_loyalty.cli import main
 from pos_loyalty.domain.ids import LIFETIME_LOT
 
-from .conftest import at, ln
+from .conftest import BASE, at, ln
 
 TIERS = """
 [[programs]]
@@ -95,6 +95,45 @@ def test_lifetime_spend_is_one_lot_per_customer_however_many_visits(
     assert (
         main(["--config", config, "--data-dir", str(tmp_path / "data0"), "ledger", "verify"]) == 0
     )
+
+
+def _lots(data_dir: Path, program: str) -> list[tuple[object, int]]:
+    with sqlite3.connect(data_dir / "ledger.sqlite") as db:
+        query = "SELECT lot, remaining FROM lots WHERE program = ? ORDER BY lot"
+        return list(db.execute(query, (program,)))
+
+
+def test_points_that_never_expire_are_one_lot_per_customer(shop, tmp_path: Path) -> None:
+    # The base file's points program (1 point per 1.00), set never to expire.
+    s = shop("", base=BASE.replace('label = "Points"', 'label = "Points"\nexpiry_days = 0'))
+    card = s.enrol()["card"]["code"]
+    for n in range(30):
+        s.ok(s.sale(card, [ln("cake", 1000)], at(1 + n)))
+    assert _lots(tmp_path / "data0", "points") == [(LIFETIME_LOT, 300)]
+    paid = s.ok(
+        s.sale(card, [ln("cake", 1000)], at(40), redeem=[{"program": "points", "points": 120}])
+    )
+    assert paid["redeemed"] == {"points": 120} and paid["earned"] == {"points": 8}
+    assert _lots(tmp_path / "data0", "points") == [(LIFETIME_LOT, 188)]
+    # Refunding an early sale takes its 10 points back from the lifetime lot.
+    r = s.c.post("/v1/refunds", json={"refund_id": "F1", "receipt_id": "R-3", "full": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["balances"]["points"]["balance"] == 178
+    assert _lots(tmp_path / "data0", "points") == [(LIFETIME_LOT, 178)]
+    config = str(tmp_path / "shop0.toml")
+    assert (
+        main(["--config", config, "--data-dir", str(tmp_path / "data0"), "ledger", "verify"]) == 0
+    )
+
+
+def test_points_that_expire_keep_a_lot_per_sale(shop, tmp_path: Path) -> None:
+    s = shop("")  # the base file's points program: they expire 365 days after (the default)
+    card = s.enrol()["card"]["code"]
+    for n in range(3):
+        s.ok(s.sale(card, [ln("cake", 1000)], at(1 + n)))
+    lots = _lots(tmp_path / "data0", "points")
+    assert sorted(left for _, left in lots) == [10, 10, 10]
+    assert LIFETIME_LOT not in {lot for lot, _ in lots}
 
 
 def test_rolling_window_spend_keeps_a_lot_per_sale(shop, tmp_path: Path) -> None:
