@@ -9,10 +9,13 @@ holds points. So at every moment ``sum(lot.remaining) == max(balance, 0)``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 from .events import LOT_UNITS, Event, Posting, Unit
-from .ids import lot_id
+from .ids import LIFETIME_LOT, lot_id
+
+# ``Lot.earned_at`` of every lifetime lot (``ids.LIFETIME_LOT``): it never expires.
+LIFETIME_EARNED = datetime(1970, 1, 1, tzinfo=UTC)
 
 _FAR_FUTURE = datetime.max.replace(year=9999)
 
@@ -147,7 +150,10 @@ class CustomerState:
             # A credit names its lot only to share one (``ids.LIFETIME_LOT``); otherwise the
             # lot is the crediting event's own.
             lot = posting.lot if posting.lot is not None else lot_id(event.id, posting.program)
-            account.credit(lot, posting.delta, event.at, posting.expires_at)
+            # The lifetime lot's "earned" moment is fixed: tills fold pulled events in
+            # arrival order, so "its first credit" would differ between tills and rebuilds.
+            earned = LIFETIME_EARNED if lot == LIFETIME_LOT else event.at
+            account.credit(lot, posting.delta, earned, posting.expires_at)
         else:
             account.debit(-posting.delta, posting.lot)
 

@@ -33,7 +33,17 @@ from pos_loyalty.ledger.verify import rebuild, verify
 from pos_loyalty.service import Profile, RefundRequest, SaleRequest, Service
 
 T0 = datetime(2026, 1, 1, 8, tzinfo=UTC)
-NOW = datetime(2035, 1, 1, tzinfo=UTC)  # the till's clock: after every `at` used here
+MAX_STEPS = 14
+JUMP_DAYS = [0, 1, 7, 30, 60, 200, 366]  # per step, plus 1-600 minutes
+MAX_STEP_MINUTES = 600
+FINAL_DAYS = [1, 400]
+# The till's clock: after every `at` used here, derived from the bounds the steps draw from
+# (a fixed year was overtaken by sequences of long jumps: `at_in_future`).
+NOW = (
+    T0
+    + MAX_STEPS * timedelta(days=max(JUMP_DAYS), minutes=MAX_STEP_MINUTES)
+    + timedelta(days=max(FINAL_DAYS))
+)
 BASE_SETTINGS = load_settings()
 WELCOME = 50
 
@@ -257,11 +267,12 @@ def run_sequence(data: st.DataObject) -> None:
                 run.cards.append(out["card"]["code"])
                 run.ids.append(out["customer_id"])
                 run.books.append(Book())
-            steps = data.draw(st.integers(1, 14), label="steps")
+            steps = data.draw(st.integers(1, MAX_STEPS), label="steps")
             for _ in range(steps):
                 # up to ~2 months per step, sometimes a year: lots expire along the way
-                jump = data.draw(st.sampled_from([0, 1, 7, 30, 60, 200, 366]), label="days")
-                run.at += timedelta(days=jump, minutes=data.draw(st.integers(1, 600)))
+                jump = data.draw(st.sampled_from(JUMP_DAYS), label="days")
+                minutes = data.draw(st.integers(1, MAX_STEP_MINUTES))
+                run.at += timedelta(days=jump, minutes=minutes)
                 action = data.draw(st.sampled_from(ACTION_WEIGHTS), label="action")
                 ACTIONS[action](run, data)
             check_end(run, data)
@@ -300,7 +311,7 @@ def check_end(run: Run, data: st.DataObject) -> None:
 
     # (c) conservation. A last adjustment at a later moment records every lot that is due by
     # then, so the balance it answers is the folded balance with nothing left to expire.
-    run.at += timedelta(days=data.draw(st.sampled_from([1, 400]), label="final days"))
+    run.at += timedelta(days=data.draw(st.sampled_from(FINAL_DAYS), label="final days"))
     for who, customer_id in enumerate(run.ids):
         out = run.service.adjust(customer_id, "points", 1, "final check", run.at)
         run.books[who].adjusted += 1

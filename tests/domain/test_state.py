@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from pos_loyalty.domain.events import Event, Kind, Posting, Unit
 from pos_loyalty.domain.ids import LIFETIME_LOT, lot_id
-from pos_loyalty.domain.state import CustomerState, PointsAccount, fold
+from pos_loyalty.domain.state import LIFETIME_EARNED, CustomerState, PointsAccount, fold
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -170,7 +170,7 @@ def test_a_credit_naming_a_lot_adds_to_it_and_older_own_lots_stay() -> None:
     account = state.lotted[("tiers", Unit.SPEND)]
     assert account.balance == 1000
     assert remaining(account) == {lot_id("old-1", "tiers"): 500, LIFETIME_LOT: 500}
-    assert account.lots[LIFETIME_LOT].earned_at == day(0)  # the first credit's moment
+    assert account.lots[LIFETIME_LOT].earned_at == LIFETIME_EARNED  # fixed, order-free
     assert account.lots[LIFETIME_LOT].expires_at is None
     state.apply(_event("refund-new-2", "c1", Posting("tiers", Unit.SPEND, -150, lot=LIFETIME_LOT)))
     state.apply(
