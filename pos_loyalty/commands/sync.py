@@ -49,6 +49,13 @@ def register(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8740)
     p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="request size limit")
+    p.add_argument(
+        "--snapshot-every",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="bring the bootstrap snapshots up to date this often (default 300; 0: only at start)",
+    )
     server_sub = p.add_subparsers(dest="server_command", metavar="ACTION")
     t = server_sub.add_parser("token", help="pairing tokens and revocation")
     token_sub = t.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -226,6 +233,8 @@ def _serve(args: argparse.Namespace, store: Any) -> int:
 
     if not 0 <= args.port <= 65535:
         return _fail("--port must be between 0 and 65535", 2)
+    if not 0 <= args.snapshot_every <= 86_400:
+        return _fail("--snapshot-every must be between 0 and 86400 seconds", 2)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -234,7 +243,7 @@ def _serve(args: argparse.Namespace, store: Any) -> int:
         f"(database {store.engine.url.render_as_string(hide_password=True)})",
         flush=True,
     )
-    _warm_snapshots(store)
+    _warm_snapshots(store, args.snapshot_every)
     app = create_server_app(store, max_body_bytes=args.max_body)
     # Everything loaded so far (modules, schemas, the app) lives as long as the process: out
     # of the cyclic collector's way, so that its full collections, which a busy ingest
@@ -250,26 +259,17 @@ def _serve(args: argparse.Namespace, store: Any) -> int:
     return 0
 
 
-def _warm_snapshots(store: Any) -> None:
-    """Build the bootstrap snapshots in the background (``ServerStore.warm_snapshots``): the
-    first till to bootstrap after a start then gets a cached one (or waits for it)."""
-    import logging
+def _warm_snapshots(store: Any, every: float) -> None:
+    """Build the bootstrap snapshots in the background and keep them up to date every
+    ``every`` seconds (``ServerStore.keep_snapshots_warm``): the first till to bootstrap
+    after a start gets a cached one (or waits for it), and a later one, or one after a
+    restart, folds only the few events since the last pass."""
     import threading
-    import time
 
-    log = logging.getLogger("sync.server")
-
-    def warm() -> None:
-        started = time.perf_counter()
-        try:
-            n = store.warm_snapshots()
-        except Exception:  # noqa: BLE001 - a bootstrap builds it on demand anyway
-            log.exception("building the bootstrap snapshots failed; built on demand instead")
-            return
-        took = time.perf_counter() - started
-        log.info("bootstrap snapshots of %d merchant(s) ready in %.1f s", n, took)
-
-    threading.Thread(target=warm, name="snapshot-warmup", daemon=True).start()
+    stop = threading.Event()  # the thread is a daemon: it ends with the process
+    threading.Thread(
+        target=store.keep_snapshots_warm, args=(every, stop), name="snapshots", daemon=True
+    ).start()
 
 
 def _pair(args: argparse.Namespace, settings: Any) -> int:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import threading
 import time
@@ -93,6 +94,7 @@ from . import schema
 from .snapshots import ALL, REGION, SnapshotCache, fold_events, page_json, regions
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("sync.server")
 _ADJUSTED = Kind.ACCOUNT_ADJUSTED.value
 _CHUNK = 500
 MAX_PROGRAM_CONFIG_BYTES = 1024 * 1024
@@ -1148,6 +1150,32 @@ class ServerStore:
                 )
                 self.snapshots.get(conn, m, last, fold_events)
         return len(merchants)
+
+    def keep_snapshots_warm(self, every: float, stop: threading.Event) -> None:
+        """``warm_snapshots`` now, then every ``every`` seconds until ``stop`` is set (the
+        ``pos-loyalty server`` process runs this in a thread). Each pass folds only the
+        events ingested since the last one and persists the fold once it moved
+        ``SnapshotCache.save_every`` positions, so neither the next bootstrap nor the first
+        one after a restart has a long stretch of events to fold. A pass with nothing new
+        costs a query per merchant. A failed pass is logged and the next one tries again
+        (a bootstrap builds what it needs on demand anyway)."""
+        first = True
+        while True:
+            started = time.perf_counter()
+            try:
+                n = self.warm_snapshots()
+            except Exception:  # noqa: BLE001 - logged; the next pass (or a bootstrap) retries
+                log.exception("building the bootstrap snapshots failed; trying again later")
+            else:
+                log.log(
+                    logging.INFO if first else logging.DEBUG,
+                    "bootstrap snapshots of %d merchant(s) up to date in %.2f s",
+                    n,
+                    time.perf_counter() - started,
+                )
+                first = False
+            if every <= 0 or stop.wait(every):
+                return
 
     def snapshot(self, auth: TillAuth, after: str | None, limit: int) -> SnapshotPage:
         b = schema.balances

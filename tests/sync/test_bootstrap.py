@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +41,9 @@ from pos_loyalty.ledger.verify import rebuild, verify
 from pos_loyalty.service import Profile, RefundRequest, points_of
 from sync.bootstrap import BootstrapRefused, bootstrap, pending
 from sync.protocol import BootstrapPage
+from sync.server import schema as server_schema
 from sync.server.app import create_server_app
+from sync.server.snapshots import fold_events
 from sync.server.store import ServerStore
 
 from .conftest import LiveServer, Till
@@ -724,3 +728,76 @@ def busy_till_cards(till: Till) -> list[str]:
             r.code
             for r in tx.conn.execute(select(schema.cards).where(schema.cards.c.status == "active"))
         )
+
+
+def _persisted_seq(store: ServerStore) -> int | None:
+    with store.engine.connect() as conn:
+        value = conn.execute(select(server_schema.snapshot_state.c.seq)).scalar()
+    return None if value is None else int(value)
+
+
+def _last_seq(store: ServerStore) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(server_schema.merchants.c.last_seq)).scalar_one())
+
+
+def _wait_for(check: Callable[[], bool], seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_server_keeps_snapshots_warm_in_the_background(
+    store: ServerStore,
+    live_server: LiveServer,
+    make_till: Callable[..., Till],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What `pos-loyalty server` runs in a thread (``--snapshot-every``): each pass folds
+    what was ingested since the last one and persists it, so a restart resumes from there;
+    a failed pass is logged and the next one tries again; ``every`` 0 is one pass."""
+    a = make_till("till-a")
+    pair_till(store, a, live_server.url)
+    busy_till(a, customers=3)
+    sync_round(a)
+    store.snapshots.save_every = 1  # persist at every move (the default waits 10,000)
+    stop = threading.Event()
+    store.keep_snapshots_warm(0, stop)  # one pass, then returns
+    assert _persisted_seq(store) == _last_seq(store) > 0
+
+    real = store.warm_snapshots
+    calls: list[int] = []
+
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("database went away")
+        return real()
+
+    monkeypatch.setattr(store, "warm_snapshots", flaky)
+    worker = threading.Thread(target=store.keep_snapshots_warm, args=(0.05, stop))
+    worker.start()
+    try:
+        assert _wait_for(lambda: len(calls) >= 3)  # went on after the failed pass
+        assert "building the bootstrap snapshots failed" in caplog.text
+        before = _last_seq(store)
+        sale(a.service, a.service.enrol(Profile(name="late"))["card"]["code"], "A-L", price=900)
+        sync_round(a)
+        assert _last_seq(store) > before
+        # The next pass brings the persisted fold to the new position, no bootstrap needed.
+        assert _wait_for(lambda: _persisted_seq(store) == _last_seq(store))
+    finally:
+        stop.set()
+        worker.join(5)
+    assert not worker.is_alive()
+    # A restart resumes from the persisted fold and serves the same snapshot as a full fold.
+    store.snapshots.clear()
+    resumed = store.snapshots.get
+    with store.engine.connect() as conn:
+        live = resumed(conn, "m1", _last_seq(store), fold_events)
+    assert live.seq == _last_seq(store) and len(live.ids) == 4
