@@ -35,10 +35,11 @@ def lot_id(event_id: str, program: str) -> str:
     return f"{event_id}/{program}"
 
 
-# The one lot a lifetime tier's qualifying spend is credited to (``Posting.lot`` on the
-# credit): it never expires, so one lot per customer holds it all instead of one per sale
-# kept forever (ledger rows, state loads and bootstrap snapshots would grow with every
-# visit). Sales recorded before it existed keep their own lots; both count the same.
+# The one lot per customer and program that credits which never expire go to (points
+# without expiry, a lifetime tier's spend; ``Posting.credit`` names it in ``Posting.lot``),
+# instead of one lot per sale kept forever (ledger rows, state loads and bootstrap
+# snapshots would grow with every visit). Credits recorded before it existed keep their
+# own lots; both count the same.
 LIFETIME_LOT = "lifetime"
 
 

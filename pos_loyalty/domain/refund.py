@@ -172,14 +172,7 @@ def reverse(
         values = {line.index: line.earn_base.get(tiers.id, 0) for line in lines}
         taken = part(values, after) - part(values, already)
         if taken:
-            postings.append(
-                Posting(
-                    tiers.id,
-                    Unit.SPEND,
-                    -taken,
-                    lot=own_lot(tiers.id),
-                )
-            )
+            postings.append(Posting(tiers.id, Unit.SPEND, -taken, lot=own_lot(tiers.id)))
     for card in programs.stamp_cards:
         taken = delta("stamps_earned", card.id)
         if taken:

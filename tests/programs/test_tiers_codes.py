@@ -66,9 +66,10 @@ def test_refund_reverses_tier_spend_and_tier_in_every_answer(shop) -> None:
     assert anon["tier"] is None
 
 
-def _spend_lots(data_dir: Path) -> list[tuple[object, int]]:
+def _lots(data_dir: Path, program: str) -> list[tuple[object, int]]:
     with sqlite3.connect(data_dir / "ledger.sqlite") as db:
-        return list(db.execute("SELECT lot, remaining FROM lots WHERE program = 'tiers'"))
+        query = "SELECT lot, remaining FROM lots WHERE program = ? ORDER BY lot"
+        return list(db.execute(query, (program,)))
 
 
 def test_lifetime_spend_is_one_lot_per_customer_however_many_visits(
@@ -79,28 +80,22 @@ def test_lifetime_spend_is_one_lot_per_customer_however_many_visits(
     for n in range(40):
         s.ok(s.sale(card, [ln("a", 200), ln("b", 50)], at(1 + n)))
     # One row for all 40 sales' spend (it never expires), not one per sale.
-    assert _spend_lots(tmp_path / "data0") == [(LIFETIME_LOT, 40 * 250)]
+    assert _lots(tmp_path / "data0", "tiers") == [(LIFETIME_LOT, 40 * 250)]
     assert s.scan(card, at(41))["tier"] == "silver"  # 10000 reached
     r = s.c.post(
         "/v1/refunds",
         json={"refund_id": "F1", "receipt_id": "R-7", "lines": [{"sku": "a", "qty": 1}]},
     )
     assert r.status_code == 200, r.text
-    assert _spend_lots(tmp_path / "data0") == [(LIFETIME_LOT, 40 * 250 - 200)]
+    assert _lots(tmp_path / "data0", "tiers") == [(LIFETIME_LOT, 40 * 250 - 200)]
     s.ok(s.sale(card, [ln("c", 200)], at(42)))
-    assert _spend_lots(tmp_path / "data0") == [(LIFETIME_LOT, 40 * 250)]
+    assert _lots(tmp_path / "data0", "tiers") == [(LIFETIME_LOT, 40 * 250)]
     # The projection is what a rebuild from the events gives.
     capsys.readouterr()
     config = str(tmp_path / "shop0.toml")
     assert (
         main(["--config", config, "--data-dir", str(tmp_path / "data0"), "ledger", "verify"]) == 0
     )
-
-
-def _lots(data_dir: Path, program: str) -> list[tuple[object, int]]:
-    with sqlite3.connect(data_dir / "ledger.sqlite") as db:
-        query = "SELECT lot, remaining FROM lots WHERE program = ? ORDER BY lot"
-        return list(db.execute(query, (program,)))
 
 
 def test_points_that_never_expire_are_one_lot_per_customer(shop, tmp_path: Path) -> None:
@@ -143,7 +138,7 @@ def test_rolling_window_spend_keeps_a_lot_per_sale(shop, tmp_path: Path) -> None
     card = s.enrol()["card"]["code"]
     for n in range(3):
         s.ok(s.sale(card, [ln("a", 100)], at(1 + n)))
-    lots = _spend_lots(tmp_path / "data0")
+    lots = _lots(tmp_path / "data0", "tiers")
     assert len(lots) == 3 and LIFETIME_LOT not in {lot for lot, _ in lots}
 
 

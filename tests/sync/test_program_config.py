@@ -108,6 +108,17 @@ def syncs() -> Iterator[Callable[..., TillSync]]:
         s.close()
 
 
+def publish_unchecked(store: ServerStore, merchant: str, version: int, text: str) -> None:
+    """Put a configuration in the server's table without the server's own check (what a
+    newer server release or a damaged database could hold)."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(schema.programs)
+            .where(schema.programs.c.merchant_id == merchant)
+            .values(version=version, config=text)
+        )
+
+
 def enrolled(till: Till) -> str:
     return str(till.service.enrol(Profile(name="Eve"))["card"]["code"])
 
@@ -283,12 +294,7 @@ def test_bad_config_from_server_is_refused_and_till_keeps_its_programs(
     assert sync.round().programs_applied == 1
     # A configuration the till cannot use reaches the server's table (a newer server
     # release, a damaged database): bypass the server's own check.
-    with store.engine.begin() as conn:
-        conn.execute(
-            update(schema.programs)
-            .where(schema.programs.c.merchant_id == "m1")
-            .values(version=2, config=text)
-        )
+    publish_unchecked(store, "m1", 2, text)
     result = sync.round()  # the round itself succeeds: push and pull are not held up
     assert result.programs_applied is None
     assert sync.client.programs_problem is not None
@@ -352,12 +358,7 @@ def test_server_terminals_lists_versions_last_seen_and_refusals(
 
     # A configuration the till cannot use (bypassing the server's check, as above): the
     # refusal and its reason reach the server at the till's next round.
-    with store.engine.begin() as conn:
-        conn.execute(
-            update(schema.programs)
-            .where(schema.programs.c.merchant_id == "m1")
-            .values(version=2, config=BAD)
-        )
+    publish_unchecked(store, "m1", 2, BAD)
     sync.round()
     sync.round()
     row = _terminal(store, "till-a")
