@@ -9,13 +9,13 @@ and ``apply_pulled`` make the repeat a no-op.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
+import orjson
 
 from pos_loyalty.config import ConfigError
 from pos_loyalty.ledger.replication import (
@@ -198,13 +198,15 @@ class SyncClient:
             sent = self.replica.unsynced(self.batch)
             if not sent:
                 return result
-            body = json.dumps(
+            # orjson: compact JSON (~10% fewer bytes to send and parse than with spaces),
+            # non-ASCII as UTF-8 rather than \u escapes (the same values once parsed), and
+            # several times faster than json.dumps for a 1,000-event batch.
+            body = orjson.dumps(
                 {
                     "protocol": PROTOCOL_VERSION,
                     "terminal_id": self.replica.terminal_id,
                     "events": [_wire(e) for e in sent],
-                },
-                separators=(",", ":"),  # compact: ~10% fewer bytes to send and parse
+                }
             )
             response = self._request(
                 "POST",

@@ -51,6 +51,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -452,9 +453,9 @@ class ServerStore:
     def ingest_json(self, auth: TillAuth, request: PushRequest) -> bytes:
         """As :meth:`ingest`, the answer as the JSON bytes ``PushResponse`` serialises to
         (every field present), encoded directly: the HTTP path needs no model of it."""
-        return json.dumps(
-            self._ingest(auth, request), ensure_ascii=False, separators=(",", ":")
-        ).encode()
+        # orjson: the same compact UTF-8 JSON as json.dumps(ensure_ascii=False) for these
+        # values (str, int, None; no floats), ~10x faster for a 1,000-event answer.
+        return orjson.dumps(self._ingest(auth, request))
 
     def _ingest(self, auth: TillAuth, request: PushRequest) -> dict[str, Any]:
         if request.protocol != PROTOCOL_VERSION:

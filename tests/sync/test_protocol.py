@@ -1,0 +1,145 @@
+"""The server's per-event hash check (``WireEvent.checked_payload``): its fast path encodes
+with orjson, which must give the reference canonical JSON byte for byte wherever it is used,
+and must never accept what the reference check refuses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pos_loyalty.domain.events import Event, Kind, Posting, Unit
+from pos_loyalty.ledger.codec import canonical, chain_hash, payload_of
+from sync.protocol import (
+    WireEvent,
+    _fast_hash_ok,
+    _HasFloat,
+    _loads_without_floats,
+    canonical_fast,
+)
+
+# Every code point, lone surrogates included (json.loads makes them from "\ud800").
+_any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)
+_ints = st.integers() | st.sampled_from(
+    [2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 0, -1]
+)
+_json_values = st.recursive(
+    st.none() | st.booleans() | _ints | _any_text,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(_any_text, children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=600)
+@given(_json_values)
+def test_canonical_fast_is_canonical_or_refuses(value: Any) -> None:
+    try:
+        fast = canonical_fast(value)
+    except TypeError:  # orjson.JSONEncodeError: the caller takes the reference path
+        return
+    assert fast == canonical(value)
+
+
+@settings(max_examples=300)
+@given(_json_values)
+def test_decoding_then_fast_encoding_matches_the_reference(value: Any) -> None:
+    # As text (a lone surrogate cannot be UTF-8 bytes, so ``canonical`` itself refuses it).
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    decoded = _loads_without_floats(text)
+    assert decoded == json.loads(text)
+    try:
+        fast = canonical_fast(decoded)
+    except TypeError:
+        return
+    assert fast == canonical(decoded) == text.encode()
+
+
+def test_control_characters_and_non_ascii_encode_alike() -> None:
+    value = {"ä": '\x00\x01\x08\t\n\x0b\x0c\r\x1f\x7f"\\/\u2028\u2029€😀', "a": [1, -(2**63)]}
+    assert canonical_fast(value) == canonical(value)
+
+
+def _wire(
+    event: Event, prev: bytes, payload: str | None = None, digest: str | None = None
+) -> WireEvent:
+    return WireEvent(
+        id=event.id,
+        terminal_id=event.terminal_id,
+        seq=event.seq,
+        kind=event.kind.value,
+        at=event.at.isoformat(),
+        customer_id=event.customer_id,
+        key=event.key,
+        payload=payload if payload is not None else payload_of(event),
+        prev_hash=prev.hex(),
+        hash=digest if digest is not None else chain_hash(prev, event).hex(),
+    )
+
+
+def _event(data: dict[str, Any]) -> Event:
+    return Event(
+        "0193a3b4-1111-7abc-8def-0123456789ab",
+        Kind.ACCOUNT_ADJUSTED,
+        "till-1",
+        datetime(2026, 12, 6, 1, 2, 3, 456789, tzinfo=UTC),
+        "0193a3b4-2222-7abc-8def-0123456789ab",
+        postings=(Posting("points", Unit.POINTS, 12),),
+        data=data,
+        seq=7,
+    )
+
+
+def test_a_genuine_event_with_unusual_text_passes_the_fast_check() -> None:
+    ev = _event({"reason": "Café \x00\n\u2028 😀", "n": 2**63 - 1})
+    wire = _wire(ev, b"\x01" * 32)
+    payload = _loads_without_floats(wire.payload)
+    assert _fast_hash_ok(wire, payload)
+    assert wire.checked_payload() == payload
+
+
+def test_an_edited_payload_is_refused() -> None:
+    ev = _event({"reason": "bench"})
+    good = _wire(ev, b"\x02" * 32)
+    edited = good.payload.replace('"delta":12', '"delta":13')
+    assert edited != good.payload
+    assert _wire(ev, b"\x02" * 32, payload=edited, digest=good.hash).checked_payload() is None
+
+
+def test_a_genuine_event_with_a_float_takes_the_reference_check() -> None:
+    ev = _event({"reason": "float", "ratio": 1e16, "small": 1e-7})
+    wire = _wire(ev, b"\x03" * 32)
+    with pytest.raises(_HasFloat):
+        _loads_without_floats(wire.payload)
+    assert wire.checked_payload() == json.loads(wire.payload)
+
+
+@pytest.mark.parametrize("number", [1e-7, 1e-5, 2**64 + 1])
+def test_a_hash_over_orjson_bytes_is_refused_where_they_differ(number: float | int) -> None:
+    """A till that hashed orjson's encoding (not the canonical one) must not pass: for some
+    floats (``1e-07`` against ``1e-7``) and integers beyond 64 bits the two differ, and the
+    fast path must not be the one deciding. (A forged hash over a huge integer's text with
+    ``.0`` appended stands in where orjson cannot encode the value at all.)"""
+    ev = _event({"reason": "forged", "x": number})
+    prev = b"\x04" * 32
+    body = ev.body()
+    body["seq"] = ev.seq
+    try:
+        forged_bytes = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        forged_bytes = (
+            json.dumps(body, sort_keys=True, separators=(",", ":"))
+            .replace(str(number), str(number) + ".0")
+            .encode()
+        )
+    assert forged_bytes != canonical(body)
+    forged = hashlib.sha256(prev + forged_bytes).hexdigest()
+    assert _wire(ev, prev, digest=forged).checked_payload() is None
+    assert _wire(ev, prev).checked_payload() is not None
