@@ -107,9 +107,11 @@ class WireEvent(_Model):
                 },
                 seq=self.seq,
             )
+            # A lone surrogate (a valid JSON escape) has no UTF-8 form: UnicodeEncodeError.
+            digest = chain_hash(bytes.fromhex(self.prev_hash), ev).hex()
         except (ValueError, KeyError, TypeError):
             return None
-        if chain_hash(bytes.fromhex(self.prev_hash), ev).hex() != self.hash:
+        if digest != self.hash:
             return None
         return payload
 

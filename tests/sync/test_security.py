@@ -111,6 +111,10 @@ def test_oversized_and_malformed_batches(
     )  # type: ignore[index]
     refused(http.post("/v1/sync/push", json=body, headers=auth), 422, "bad_hash")
     body = batch(tmp_path, "t1")
+    # A lone surrogate (valid JSON escape, not encodable as UTF-8): refused, not a 500.
+    body["events"][0]["payload"] = '{"d":{"reason":"\\ud800"},"p":[]}'  # type: ignore[index]
+    refused(http.post("/v1/sync/push", json=body, headers=auth), 422, "bad_hash")
+    body = batch(tmp_path, "t1")
     body["events"].reverse()  # type: ignore[attr-defined]
     refused(http.post("/v1/sync/push", json=body, headers=auth), 422, "broken_batch")
     body = batch(tmp_path, "t1")
