@@ -142,7 +142,7 @@ def canonical_fast(value: Any) -> bytes:
     (``orjson.JSONEncodeError``) where orjson cannot encode the value as ``json`` would
     (integers beyond 64 bits, lone surrogates); callers then take the reference path.
     ``tests/sync/test_protocol.py`` property-tests the equality. Used for the server's
-    per-event hash check only (≈ 10 µs per event of the ingest's ≈ 80)."""
+    per-event hash check only (``checked_payload`` of a 3-line sale: 22 → 13 µs)."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
