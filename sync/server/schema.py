@@ -2,10 +2,12 @@
 them; this mirrors head. Works on PostgreSQL (production) and SQLite (embedded default).
 
 - ``events``: the by-id event store, one row per event *effect* (dedup on (merchant, id)).
-- ``chain``: every till's hash chain slot by slot, (terminal, epoch, seq), whatever happened
-  to the event (accepted, superseded expiry copy, local-only reconciliation, quarantined
-  fork). ``server_seq`` is the merchant-wide position readers page by; it is assigned under
-  the merchant's counter row lock inside the ingest transaction, so it follows commit order.
+- ``chain``: the till chain slots whose event is *not* in ``events`` (superseded expiry copy,
+  local-only reconciliation, quarantined fork), by (terminal, epoch, seq). An accepted slot
+  is its ``events`` row (s0005; it holds the same terminal, epoch, seq, position and hashes),
+  so a till's whole chain is both tables together. ``server_seq`` is the merchant-wide
+  position readers page by, one per slot across both tables; it is assigned under the
+  merchant's counter row lock inside the ingest transaction, so it follows commit order.
 - ``balances`` / ``overdrafts``: the server's projections.
 - ``coupon_uses``: the first ingested use of each single-use coupon (per merchant); a later
   use is kept and counted, and recorded in ``conflicts`` (``coupon_reused``).
@@ -112,7 +114,8 @@ chain = Table(
     Column("event_id", String(36), nullable=False),
     Column("prev_hash", LargeBinary(32), nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
-    # accepted | superseded (expiry another till decided first) | local_only | conflict
+    # superseded (expiry another till decided first) | local_only | conflict ("accepted"
+    # slots are ``events`` rows since s0005)
     Column("status", String(16), nullable=False),
     Column("body", Text),  # the full wire event when it is not in ``events``
     PrimaryKeyConstraint("terminal_id", "epoch", "seq"),
@@ -130,6 +133,9 @@ balances = Table(
     Column("balance", BigInteger, nullable=False),
     Column("overdraft", Boolean, nullable=False, default=False),
     PrimaryKeyConstraint("merchant_id", "customer_id", "program", "unit"),
+    # Room on each page for in-place (HOT) updates: each ingested batch updates the rows of
+    # the customers it touches (s0005).
+    postgresql_with={"fillfactor": 50},
 )
 
 overdrafts = Table(

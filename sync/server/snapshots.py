@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, union_all, update
 from sqlalchemy.exc import DBAPIError
 
 from pos_loyalty.ledger.snapshot import SnapshotFold, bulk, digest, encode
@@ -266,19 +266,28 @@ def _snapshot(conn: Connection, merchant_id: str, seq: int, live: _Live) -> _Sna
 
 
 def heads_at(conn: Connection, merchant_id: str, seq: int) -> list[list[Any]]:
-    """Every till's chain head at position ``seq``: its slot with the highest position."""
-    c = schema.chain
+    """Every till's chain head at position ``seq``: its slot with the highest position
+    (accepted slots are ``events`` rows, the others ``chain`` rows: s0005)."""
+    slots = union_all(
+        *(
+            select(t.c.terminal_id, t.c.epoch, t.c.seq, t.c.hash, t.c.server_seq).where(
+                t.c.merchant_id == merchant_id, t.c.server_seq <= seq
+            )
+            for t in (schema.events, schema.chain)
+        )
+    ).cte("slots")
     last = (
-        select(c.c.terminal_id, func.max(c.c.server_seq).label("top"))
-        .where(c.c.merchant_id == merchant_id, c.c.server_seq <= seq)
-        .group_by(c.c.terminal_id)
+        select(slots.c.terminal_id, func.max(slots.c.server_seq).label("top"))
+        .group_by(slots.c.terminal_id)
         .subquery()
     )
     rows = conn.execute(
-        select(c.c.terminal_id, c.c.epoch, c.c.seq, c.c.hash)
-        .join(last, (c.c.terminal_id == last.c.terminal_id) & (c.c.server_seq == last.c.top))
-        .where(c.c.merchant_id == merchant_id)
-        .order_by(c.c.terminal_id)
+        select(slots.c.terminal_id, slots.c.epoch, slots.c.seq, slots.c.hash)
+        .join(
+            last,
+            (slots.c.terminal_id == last.c.terminal_id) & (slots.c.server_seq == last.c.top),
+        )
+        .order_by(slots.c.terminal_id)
     )
     return [[r.terminal_id, int(r.epoch), int(r.seq), bytes(r.hash).hex()] for r in rows]
 

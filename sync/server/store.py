@@ -28,15 +28,16 @@ Ingest is one transaction per batch:
    and the till records the conflict locally.
 
 Cost (PostgreSQL): a batch is a handful of statements whatever its size — look-ups by one
-array parameter, chain and event rows by ``COPY``, the balance projection folded in Python
-and written once per (customer, program, unit) the batch touched (one ``UPDATE`` from a JSON
-document, a ``COPY`` of new rows). The HTTP answer is encoded straight from the results
-(``ingest_json``), with no model pass.
+array parameter, event rows (and the few other chain slots) by ``COPY``, the balance
+projection folded in Python and written once per (customer, program, unit) the batch
+touched (one ``UPDATE`` from a JSON document, a ``COPY`` of new rows). The HTTP answer is
+encoded straight from the results (``ingest_json``), with no model pass.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import secrets
@@ -47,6 +48,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -496,22 +498,20 @@ class ServerStore:
             ids = [ev.id for ev in evs]
             # The batch is contiguous (checked above): its seqs are one range.
             low, high = seqs[0], seqs[-1]
+            # The hashes the till's chain slots in this range hold already (any epoch): its
+            # accepted slots are ``events`` rows, the others ``chain`` rows (s0005).
             slots: dict[int, list[bytes]] = defaultdict(list)
-            for row in conn.execute(
-                select(schema.chain.c.seq, schema.chain.c.hash).where(
-                    schema.chain.c.terminal_id == t, schema.chain.c.seq.between(low, high)
-                )
-            ):
-                slots[row.seq].append(bytes(row.hash))
-            known: dict[str, Any] = {row.id: row for row in self._known_events(conn, m, ids)}
-            taken_seqs: set[int] = {
-                r.seq
-                for r in conn.execute(
-                    select(schema.events.c.seq).where(
-                        schema.events.c.terminal_id == t, schema.events.c.seq.between(low, high)
+            taken_seqs: set[int] = set()  # seqs of the till's events stored (any epoch)
+            for table in (schema.events, schema.chain):
+                for row in conn.execute(
+                    select(table.c.seq, table.c.hash).where(
+                        table.c.terminal_id == t, table.c.seq.between(low, high)
                     )
-                )
-            }
+                ):
+                    slots[row.seq].append(bytes(row.hash))
+                    if table is schema.events:
+                        taken_seqs.add(row.seq)
+            known: dict[str, Any] = {row.id: row for row in self._known_events(conn, m, ids)}
             results: list[dict[str, Any]] = []  # built once, as EventResult, at the end
             new_chain: list[dict[str, Any]] = []
             new_events: list[dict[str, Any]] = []
@@ -665,7 +665,10 @@ class ServerStore:
                     by_id.setdefault(slot["event_id"], first + i)
                 for new in new_events:
                     new["server_seq"] = by_id[new["id"]]
-                self._insert_rows(conn, schema.chain, new_chain)
+                # An accepted slot is its ``events`` row; ``chain`` holds the others.
+                self._insert_rows(
+                    conn, schema.chain, [s for s in new_chain if s["status"] != "accepted"]
+                )
                 reused: dict[str, str] = {}
                 if new_events:
                     self._insert_rows(conn, schema.events, new_events)
@@ -1042,54 +1045,58 @@ class ServerStore:
                 raise SyncError(400, "bad_cursor", "That is not a sync cursor.") from None
             if merchant != m:
                 raise SyncError(403, "foreign_cursor", "That cursor belongs to another merchant.")
-        c = schema.chain
-        with self.engine.connect() as conn:
-            slots = list(
-                conn.execute(
-                    select(c)
-                    .where(c.c.merchant_id == m, c.c.server_seq > position)
-                    .order_by(c.c.server_seq)
-                    .limit(limit)
+        e, c = schema.events, schema.chain
+        with self._consistent() as conn:
+            # The next ``limit`` slots: accepted ones are ``events`` rows, the others
+            # ``chain`` rows (s0005), read in one snapshot (a batch committing between the
+            # two reads would otherwise leave a gap behind the cursor), merged by position.
+            accepted = conn.execute(
+                select(e)
+                .where(e.c.merchant_id == m, e.c.server_seq > position)
+                .order_by(e.c.server_seq)
+                .limit(limit)
+            ).all()
+            others = conn.execute(
+                select(c)
+                .where(c.c.merchant_id == m, c.c.server_seq > position)
+                .order_by(c.c.server_seq)
+                .limit(limit)
+            ).all()
+            slots: list[tuple[int, bool, Any]] = list(
+                islice(
+                    heapq.merge(
+                        ((r.server_seq, True, r) for r in accepted),
+                        ((r.server_seq, False, r) for r in others),
+                        key=itemgetter(0),
+                    ),
+                    limit,
                 )
             )
-            wanted = [
-                s.event_id
-                for s in slots
-                if s.terminal_id != auth.terminal_id and s.status == "accepted"
+            served = [
+                r for _, is_event, r in slots if is_event and r.terminal_id != auth.terminal_id
             ]
-            rows: dict[str, Any] = {}
-            for chunk in self._chunked(wanted):
-                for row in conn.execute(
-                    select(schema.events).where(
-                        schema.events.c.merchant_id == m, self._among(schema.events.c.id, chunk)
-                    )
-                ):
-                    rows[row.id] = row
             region = self._till_region(conn, auth, scope)
             outside: set[str] = set()
             if region is not None:
-                outside = self._outside_region(conn, m, region, list(rows.values()))
-            conn.rollback()
+                outside = self._outside_region(conn, m, region, served)
         events: list[PulledEvent] = []
         stubs: list[ChainStub] = []
-        for s in slots:
+        for _, is_event, s in slots:
             if s.terminal_id == auth.terminal_id:
                 continue
-            if s.status == "accepted" and s.event_id not in outside:
-                events.append(
-                    PulledEvent(server_seq=s.server_seq, event=WireEvent.from_row(rows[s.event_id]))
-                )
+            if is_event and s.id not in outside:
+                events.append(PulledEvent(server_seq=s.server_seq, event=WireEvent.from_row(s)))
             else:
                 stubs.append(
                     ChainStub(
                         terminal_id=s.terminal_id,
                         seq=s.seq,
-                        id=s.event_id,
+                        id=s.id if is_event else s.event_id,
                         prev_hash=bytes(s.prev_hash).hex(),
                         hash=bytes(s.hash).hex(),
                     )
                 )
-        end = slots[-1].server_seq if slots else position
+        end = slots[-1][0] if slots else position
         return PullResponse(
             events=events, stubs=stubs, cursor=make_cursor(m, end), more=len(slots) == limit
         )
