@@ -36,7 +36,7 @@ from pos_loyalty.domain.ids import derived_id
 from pos_loyalty.domain.state import CustomerState
 
 from . import schema
-from .codec import encode_payload, event_from_row
+from .codec import at_text, encode_payload, event_from_row, id_text, kind_text
 from .projections import apply_side_tables, load_state, side_table_problem, store_state
 from .store import Ledger
 
@@ -219,23 +219,33 @@ class Replica:
     # -- push ------------------------------------------------------------------------------
     def unsynced(self, limit: int) -> list[StoredEvent]:
         """Own events after ``acked_seq``, in seq order, at most ``limit``."""
-        ev = schema.events
         with self.ledger.reader() as tx:
             acked = self._state(tx.conn).acked_seq
-            rows = tx.conn.execute(
-                select(*(ev.c[name] for name in _STORED_COLUMNS))
-                .where(ev.c.terminal_id == self.terminal_id, ev.c.seq > acked)
-                .order_by(ev.c.seq)
-                .limit(limit)
-            ).all()
-            # Plain tuples, fetched at once: the catch-up of a long-offline till reads many.
+            # Plain SQL on the DB-API connection, the stored forms turned into texts here (what
+            # ``schema.EventId``/``EventKind``/``EventAt`` do for SQLAlchemy readers): the
+            # catch-up of a long-offline till reads many rows, and the per-value type
+            # processing was a fifth of this read.
+            rows = tx.raw.execute(_UNSYNCED, (self.terminal_id, acked, limit)).fetchall()
             out: list[StoredEvent] = []
             for i, t, s, k, a, c, key, p, ph, h in rows:
                 # A NULL prev_hash is the hash of the event before (0006_events).
                 if ph is None and out and out[-1].seq == s - 1:
                     ph = out[-1].hash
                 ph = tx.prev_hash(t, s, ph)
-                out.append(StoredEvent(i, t, s, k, a, c, key, tx.payload_text(p), ph, bytes(h)))
+                out.append(
+                    StoredEvent(
+                        id_text(i),
+                        t,
+                        s,
+                        kind_text(k),
+                        at_text(a),
+                        None if c is None else id_text(c),
+                        key,
+                        tx.payload_text(p),
+                        ph,
+                        bytes(h),
+                    )
+                )
             return out
 
     def record_answers(
@@ -423,15 +433,7 @@ class Replica:
         )
 
 
-_STORED_COLUMNS = (
-    "id",
-    "terminal_id",
-    "seq",
-    "kind",
-    "at",
-    "customer_id",
-    "key",
-    "payload",
-    "prev_hash",
-    "hash",
+_UNSYNCED = (
+    "SELECT id, terminal_id, seq, kind, at, customer_id, key, payload, prev_hash, hash"
+    " FROM events WHERE terminal_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
