@@ -129,11 +129,16 @@ def _no_float(_text: str) -> Any:
     raise _HasFloat
 
 
+# Made once: ``json.loads`` with hooks builds a new decoder (and its C scanner) per call,
+# which cost about as much as the decoding of a small payload.
+_NO_FLOAT_DECODER = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_float)
+
+
 def _loads_without_floats(text: str) -> Any:
     """``json.loads``, refusing floats and NaN/Infinity (raises ``_HasFloat``): the fast
     check encodes with orjson, which formats floats unlike ``json``, so a payload with one
     goes to the reference check."""
-    return json.loads(text, parse_float=_no_float, parse_constant=_no_float)
+    return _NO_FLOAT_DECODER.decode(text)
 
 
 def canonical_fast(value: Any) -> bytes:

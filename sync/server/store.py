@@ -602,8 +602,11 @@ class ServerStore:
                                 "message": message,
                             }
                         )
-                elif ev.kind == _ADJUSTED and self._is_reconciliation(
-                    conn, t, ev, superseded_here, known, parsed[ev.seq]
+                elif (
+                    ev.kind == _ADJUSTED
+                    and type(data := parsed[ev.seq]["d"]) is dict
+                    and "reconciles" in data  # (a cheap test first: most adjustments are not)
+                    and self._is_reconciliation(conn, t, ev, superseded_here, known, parsed[ev.seq])
                 ):
                     slot.update(status="local_only", body=ev.model_dump_json())
                     results.append(
