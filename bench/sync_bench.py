@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -136,12 +137,40 @@ class ServerProcess:
         self.proc.wait(10)
 
 
-def fill_till(ledger: Ledger, n: int, customers: int = 1000) -> None:
+def sale_template(root: Path) -> Event:
+    """A real sale event: a 5-line basket (two coffees, bakery, drinks, food) committed by
+    the demo shop's ``Service`` for an enrolled customer (tier spend, points with expiry,
+    stamps; ~600 bytes of payload)."""
+    from _common import basket_line, demo_service, line_json
+
+    from pos_loyalty.domain.basket import Basket
+    from pos_loyalty.service import Profile, SaleRequest
+
+    service = demo_service(root / "template")
+    card = service.enrol(Profile(name="Bench"))
+    code = card["card"]["code"]
+    basket = Basket(lines=tuple(basket_line(i) for i in (1, 2, 3, 5, 7)))
+    raw = {
+        "receipt_id": "template",
+        "card": code,
+        "basket": {"lines": [line_json(line) for line in basket.lines]},
+    }
+    service.commit(SaleRequest(basket=basket, card=code, receipt_id="template", raw=raw))
+    with service.ledger.reader() as tx:
+        sale = next(e for _, e in tx.history(card["customer_id"]) if e.kind is Kind.SALE_COMMITTED)
+    service.ledger.close()
+    return sale
+
+
+def fill_till(ledger: Ledger, n: int, customers: int = 1000, template: Event | None = None) -> None:
+    """``n`` events of ``customers`` new customers: small point adjustments (~80 bytes of
+    payload), or copies of ``template`` (a real sale) with their own ids and receipt ids."""
     at = datetime.now(UTC)
     ids = [uuid7() for _ in range(customers)]
-    with ledger.transaction() as tx:
-        tx.append(
-            [
+    events: list[Event] = []
+    for i in range(n):
+        if template is None:
+            events.append(
                 Event(
                     uuid7(),
                     Kind.ACCOUNT_ADJUSTED,
@@ -151,9 +180,22 @@ def fill_till(ledger: Ledger, n: int, customers: int = 1000) -> None:
                     postings=(Posting("points", Unit.POINTS, 1 + i % 7),),
                     data={"reason": "bench"},
                 )
-                for i in range(n)
-            ]
-        )
+            )
+        else:
+            receipt = f"{ledger.terminal_id}-{i:06d}"
+            events.append(
+                replace(
+                    template,
+                    id=uuid7(),
+                    terminal_id=ledger.terminal_id,
+                    at=at,
+                    customer_id=ids[i % customers],
+                    key=receipt,
+                    data={**template.data, "receipt_id": receipt},
+                )
+            )
+    with ledger.transaction() as tx:
+        tx.append(events)
 
 
 def paired_till(
@@ -167,15 +209,27 @@ def paired_till(
 
 
 def bench_ingest(
-    store: ServerStore, server: Server | ServerProcess, root: Path, n: int, pg_dsn: str, run: int
+    store: ServerStore,
+    server: Server | ServerProcess,
+    root: Path,
+    n: int,
+    pg_dsn: str,
+    run: int,
+    template: Event | None = None,
 ) -> None:
     import psycopg
 
-    replica = paired_till(store, server, root, f"ingest-till-{run}")
-    fill_till(replica.ledger, n)
+    what = "adjustment" if template is None else "sale"
+    replica = paired_till(store, server, root, f"ingest-{what}-till-{run}")
+    fill_till(replica.ledger, n, template=template)
     creds = replica.credentials()
     assert creds is not None
     client = SyncClient(replica, creds, batch=1000)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        # Planner statistics, as autovacuum keeps them on a running server: this database
+        # is new, and without them PostgreSQL plans the look-ups for near-empty tables
+        # (the id look-up then filters every stored event of the merchant).
+        conn.execute("ANALYZE")
     start = time.perf_counter()
     result = client.push()
     http_s = time.perf_counter() - start
@@ -200,6 +254,7 @@ def bench_ingest(
         conn.execute("DROP TABLE raw_events")
         conn.commit()
     http_rate, raw_rate = n / http_s, n / raw_s
+    print(f"[{what} events, {sum(len(r[10]) for r in rows) // n} bytes of payload each]")
     print(f"ingest over HTTP into PostgreSQL: {n} events in {http_s:.2f} s = {http_rate:,.0f}/s")
     print(f"raw psycopg executemany:           {n} events in {raw_s:.2f} s = {raw_rate:,.0f}/s")
     print(f"ratio {http_rate / raw_rate:.2f} (target >= 0.5); batches of 1000, one commit each")
@@ -232,7 +287,7 @@ def replica_rows(replica: Replica) -> list[tuple[object, ...]]:
                     r.at,
                     r.customer_id,
                     r.key,
-                    r.payload,
+                    tx.payload_text(r.payload),  # the text the server stores
                     prev,
                     bytes(r.hash),
                     now,
@@ -304,6 +359,13 @@ def main() -> int:
     parser.add_argument("--pg", help="PostgreSQL URL (default: start a private server)")
     parser.add_argument("--runs", type=int, default=3, help="ingest runs (each a new till)")
     parser.add_argument(
+        "--payload",
+        choices=("adjustment", "sale", "both"),
+        default="both",
+        help="what the tills push: small point adjustments, copies of a real 5-line sale, or"
+        " both (each run: an adjustment till, then a sale till)",
+    )
+    parser.add_argument(
         "--in-process",
         action="store_true",
         help="ingest into the server in a thread of this process (default: its own process)",
@@ -319,8 +381,11 @@ def main() -> int:
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         ingest_server = server if args.in_process else ServerProcess(url, root)
         try:
+            sale = sale_template(root) if args.payload != "adjustment" else None
+            kinds = {"adjustment": [None], "sale": [sale], "both": [None, sale]}[args.payload]
             for run in range(args.runs):
-                bench_ingest(store, ingest_server, root, args.events, dsn, run)
+                for template in kinds:
+                    bench_ingest(store, ingest_server, root, args.events, dsn, run, template)
         finally:
             if ingest_server is not server:
                 ingest_server.stop()
