@@ -10,7 +10,9 @@ and ``apply_pulled`` make the repeat a no-op.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +45,9 @@ log = logging.getLogger("sync.client")
 # catching up after a weekend offline spends far less per event than in batches of 500
 # (10,000 events: ~0.75-0.83 s against ~0.9 s on the bench machine; bench/README.md).
 DEFAULT_BATCH = MAX_BATCH
+# Batches on the wire at once: while the server stores one (its database work), the next is
+# sent, decoded and hash-checked (bench/README.md, "Sixth pass").
+PIPELINE = 2
 DEFAULT_PAGE = 2000
 
 
@@ -192,58 +197,88 @@ class SyncClient:
         return response
 
     def push(self) -> RoundResult:
-        """Push every unacknowledged own event, in seq order, in batches."""
+        """Push every unacknowledged own event, in seq order, in batches, with up to
+        ``PIPELINE`` batches on the wire at once: while the server stores one, the next is
+        sent, read and checked (the server takes a till's batches one at a time, in the
+        order its row lock is granted, and refuses one that does not follow what it holds
+        with ``409 sequence_gap``, writing nothing). Answers are recorded in seq order."""
         result = RoundResult()
-        while True:
-            sent = self.replica.unsynced(self.batch)
-            if not sent:
-                return result
-            # orjson: compact JSON (~10% fewer bytes to send and parse than with spaces),
-            # non-ASCII as UTF-8 rather than \u escapes (the same values once parsed), and
-            # several times faster than json.dumps for a 1,000-event batch.
-            body = orjson.dumps(
-                {
-                    "protocol": PROTOCOL_VERSION,
-                    "terminal_id": self.replica.terminal_id,
-                    "events": [_wire(e) for e in sent],
-                }
-            )
-            response = self._request(
-                "POST",
-                "/v1/sync/push",
-                content=body,
-                headers={"content-type": "application/json"},
-            )
-            if response.status_code == 409 and _code(response) == "sequence_gap":
-                head = response.json()["error"].get("head") or {}
-                log.warning("server holds our chain only up to seq %s: resending", head)
-                self.replica.rewind(int(head.get("seq", 0)))
-                continue
-            if response.status_code != 200:
-                raise _refusal(response)
-            try:
-                answer = PushResponse.model_validate_json(response.content)
-            except ValueError:
-                raise SyncFailed(
-                    "the server's answer was cut or garbled", reachable=False
-                ) from None
-            answers = [
-                Answer(r.id, r.seq, r.status.value, r.reason, r.message, r.winner_payload)
-                for r in answer.results
-            ]
-            self.replica.record_answers(sent, answers, answer.head.epoch)
-            result.pushed += len(sent)
-            for a in answers:
-                if a.reason in FLAGGED_REASONS:
-                    result.conflicts += 1  # kept and counted, but flagged for an operator
-                if a.status == "accepted":
-                    result.accepted += 1
-                elif a.status == "duplicate":
-                    result.duplicates += 1
-                else:
-                    result.conflicts += 1
-            if self.progress:
-                self.progress("push", result.pushed)
+        # (batch, its answer to come, whether an earlier batch was on the wire when sent)
+        inflight: deque[tuple[list[StoredEvent], Future[httpx.Response], bool]] = deque()
+        after: int | None = None  # the last seq sent; None: read from the acknowledged seq
+        with ThreadPoolExecutor(PIPELINE, thread_name_prefix="sync-push") as wire:
+            while True:
+                while len(inflight) < PIPELINE:
+                    batch = self.replica.unsynced(self.batch, after=after)
+                    if not batch:
+                        break
+                    answer = wire.submit(self._send, batch)
+                    inflight.append((batch, answer, bool(inflight)))
+                    after = batch[-1].seq
+                if not inflight:
+                    return result
+                sent, answered, behind = inflight.popleft()
+                response = answered.result()
+                if response.status_code == 409 and _code(response) == "sequence_gap":
+                    for _, later, _ in inflight:  # they follow this one: refused too
+                        later.exception()
+                    inflight.clear()
+                    after = None  # send again from the acknowledged seq
+                    if not behind:
+                        # Nothing of ours was before it on the wire: the server holds our
+                        # chain only up to an earlier seq (it was restored from a backup).
+                        # (When behind, it took the lock before the batch it follows.)
+                        head = response.json()["error"].get("head") or {}
+                        log.warning("server holds our chain only up to seq %s: resending", head)
+                        self.replica.rewind(int(head.get("seq", 0)))
+                    continue
+                self._record(sent, response, result)
+
+    def _send(self, batch: list[StoredEvent]) -> httpx.Response:
+        # orjson: compact JSON (~10% fewer bytes to send and parse than with spaces),
+        # non-ASCII as UTF-8 rather than \u escapes (the same values once parsed), and
+        # several times faster than json.dumps for a 1,000-event batch.
+        body = orjson.dumps(
+            {
+                "protocol": PROTOCOL_VERSION,
+                "terminal_id": self.replica.terminal_id,
+                "events": [_wire(e) for e in batch],
+            }
+        )
+        return self._request(
+            "POST",
+            "/v1/sync/push",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+
+    def _record(
+        self, sent: list[StoredEvent], response: httpx.Response, result: RoundResult
+    ) -> None:
+        """Record the server's answer to ``sent`` (one local transaction)."""
+        if response.status_code != 200:
+            raise _refusal(response)
+        try:
+            answer = PushResponse.model_validate_json(response.content)
+        except ValueError:
+            raise SyncFailed("the server's answer was cut or garbled", reachable=False) from None
+        answers = [
+            Answer(r.id, r.seq, r.status.value, r.reason, r.message, r.winner_payload)
+            for r in answer.results
+        ]
+        self.replica.record_answers(sent, answers, answer.head.epoch)
+        result.pushed += len(sent)
+        for a in answers:
+            if a.reason in FLAGGED_REASONS:
+                result.conflicts += 1  # kept and counted, but flagged for an operator
+            if a.status == "accepted":
+                result.accepted += 1
+            elif a.status == "duplicate":
+                result.duplicates += 1
+            else:
+                result.conflicts += 1
+        if self.progress:
+            self.progress("push", result.pushed)
 
     def pull(self) -> Applied:
         """Apply every event of the merchant's other tills after our cursor."""

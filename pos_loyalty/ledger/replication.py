@@ -217,10 +217,11 @@ class Replica:
             )
 
     # -- push ------------------------------------------------------------------------------
-    def unsynced(self, limit: int) -> list[StoredEvent]:
-        """Own events after ``acked_seq``, in seq order, at most ``limit``."""
+    def unsynced(self, limit: int, after: int | None = None) -> list[StoredEvent]:
+        """Own events after ``acked_seq`` (or after seq ``after``), in seq order, at most
+        ``limit``."""
         with self.ledger.reader() as tx:
-            acked = self._state(tx.conn).acked_seq
+            acked = self._state(tx.conn).acked_seq if after is None else after
             # Plain SQL on the DB-API connection, the stored forms turned into texts here (what
             # ``schema.EventId``/``EventKind``/``EventAt`` do for SQLAlchemy readers): the
             # catch-up of a long-offline till reads many rows, and the per-value type
