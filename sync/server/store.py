@@ -909,19 +909,17 @@ class ServerStore:
             current[(c, p, u)] = (v, f)
         before = dict(current)
         flagged: list[dict[str, Any]] = []
+        sale = Kind.SALE_COMMITTED.value
         for r in rows:
-            if not r["customer_id"]:
+            customer = r["customer_id"]
+            if not customer:
                 continue
             for p in parsed[r["seq"]]["p"]:
-                key = (r["customer_id"], p["program"], p["unit"])
+                key = (customer, p["program"], p["unit"])
                 value, flag = current.get(key, (0, False))
-                value += int(p["delta"])
-                if (
-                    value < 0
-                    and int(p["delta"]) < 0
-                    and p["unit"] == "points"
-                    and r["kind"] == Kind.SALE_COMMITTED.value
-                ):
+                delta = int(p["delta"])
+                value += delta
+                if value < 0 and delta < 0 and p["unit"] == "points" and r["kind"] == sale:
                     flag = True
                     flagged.append(
                         {
@@ -963,7 +961,9 @@ class ServerStore:
                 " AND b.unit = r->>2",
                 {
                     "m": merchant_id,
-                    "rows": json.dumps(updates, ensure_ascii=False, separators=(",", ":")),
+                    # orjson: ~10x faster than json.dumps for these ~1,000-3,000 rows of
+                    # str/int/bool (PostgreSQL parses either the same).
+                    "rows": orjson.dumps(updates).decode(),
                 },
             )
         elif updates:
