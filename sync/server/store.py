@@ -125,6 +125,13 @@ class TillAuth:
     store_id: str
 
 
+# Why a pushed event was quarantined (a ``conflict`` chain slot; answered again on a resend).
+QUARANTINED = ("id_reused", "seq_reused_after_restore")
+# The answer to a derived-id expiry another till recorded first (also to its resend).
+EXPIRY_ELSEWHERE = "expiry_decided_elsewhere"
+EXPIRY_ELSEWHERE_MESSAGE = "another till expired this lot first; its amount counts"
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -500,17 +507,21 @@ class ServerStore:
             low, high = seqs[0], seqs[-1]
             # The hashes the till's chain slots in this range hold already (any epoch): its
             # accepted slots are ``events`` rows, the others ``chain`` rows (s0005).
-            slots: dict[int, list[bytes]] = defaultdict(list)
+            slots: dict[int, dict[bytes, str]] = defaultdict(dict)  # seq -> {hash: status}
             taken_seqs: set[int] = set()  # seqs of the till's events stored (any epoch)
-            for table in (schema.events, schema.chain):
-                for row in conn.execute(
-                    select(table.c.seq, table.c.hash).where(
-                        table.c.terminal_id == t, table.c.seq.between(low, high)
-                    )
-                ):
-                    slots[row.seq].append(bytes(row.hash))
-                    if table is schema.events:
-                        taken_seqs.add(row.seq)
+            for row in conn.execute(
+                select(schema.events.c.seq, schema.events.c.hash).where(
+                    schema.events.c.terminal_id == t, schema.events.c.seq.between(low, high)
+                )
+            ):
+                slots[row.seq][bytes(row.hash)] = "accepted"
+                taken_seqs.add(row.seq)
+            for other in conn.execute(
+                select(schema.chain.c.seq, schema.chain.c.hash, schema.chain.c.status).where(
+                    schema.chain.c.terminal_id == t, schema.chain.c.seq.between(low, high)
+                )
+            ):
+                slots[other.seq][bytes(other.hash)] = other.status
             known: dict[str, Any] = {row.id: row for row in self._known_events(conn, m, ids)}
             results: list[dict[str, Any]] = []  # built once, as EventResult, at the end
             new_chain: list[dict[str, Any]] = []
@@ -536,8 +547,25 @@ class ServerStore:
 
             for ev in evs:
                 digest = bytes.fromhex(ev.hash)
-                if digest in slots.get(ev.seq, ()):
-                    results.append({"id": ev.id, "seq": ev.seq, "status": Status.DUPLICATE})
+                held = slots.get(ev.seq, {}).get(digest)
+                if held is not None:
+                    resent: dict[str, Any] = {
+                        "id": ev.id,
+                        "seq": ev.seq,
+                        "status": Status.DUPLICATE,
+                    }
+                    winner = known.get(ev.id) if held == "superseded" else None
+                    if winner is not None:
+                        # The first answer was lost: answer as then, so that the till books
+                        # the difference (``Replica.record_answers``; idempotent there).
+                        resent.update(
+                            reason=EXPIRY_ELSEWHERE,
+                            message=EXPIRY_ELSEWHERE_MESSAGE,
+                            winner_payload=winner.payload,
+                        )
+                    elif held == "conflict":
+                        resent["quarantined"] = True  # answered as then: _answer_quarantined
+                    results.append(resent)
                     continue
                 prev = bytes.fromhex(ev.prev_hash)
                 if ev.seq > head_seq + 1:
@@ -581,8 +609,8 @@ class ServerStore:
                                 "id": ev.id,
                                 "seq": ev.seq,
                                 "status": Status.DUPLICATE,
-                                "reason": "expiry_decided_elsewhere",
-                                "message": "another till expired this lot first; its amount counts",
+                                "reason": EXPIRY_ELSEWHERE,
+                                "message": EXPIRY_ELSEWHERE_MESSAGE,
                                 "winner_payload": prior.payload,
                             }
                         )
@@ -662,10 +690,11 @@ class ServerStore:
                     .returning(schema.merchants.c.last_seq)
                 ).scalar_one()
                 first = last - len(new_chain) + 1
-                by_id: dict[str, int] = {}
+                by_id: dict[str, int] = {}  # a new event's position: its accepted slot's
                 for i, slot in enumerate(new_chain):
                     slot["server_seq"] = first + i
-                    by_id.setdefault(slot["event_id"], first + i)
+                    if slot["status"] == "accepted":
+                        by_id[slot["event_id"]] = first + i
                 for new in new_events:
                     new["server_seq"] = by_id[new["id"]]
                 # An accepted slot is its ``events`` row; ``chain`` holds the others.
@@ -693,6 +722,7 @@ class ServerStore:
                 )
             self._insert_rows(conn, schema.conflicts, conflicts)
             self._flag_resent(conn, m, results)
+            self._answer_quarantined(conn, m, t, results)
         return {
             "protocol": PROTOCOL_VERSION,
             "results": [
@@ -805,7 +835,11 @@ class ServerStore:
         answered with the flag again, so the till records the conflict exactly as if the
         first answer had arrived. (Updates ``results`` in place.)"""
         dups = [
-            r["id"] for r in results if r["status"] is Status.DUPLICATE and r.get("reason") is None
+            r["id"]
+            for r in results
+            if r["status"] is Status.DUPLICATE
+            and r.get("reason") is None
+            and not r.get("quarantined")
         ]
         if not dups:
             return
@@ -823,6 +857,35 @@ class ServerStore:
         for r in results:
             if r["status"] is Status.DUPLICATE and r["id"] in flagged:
                 r["reason"], r["message"] = COUPON_REUSED, flagged[r["id"]]
+
+    def _answer_quarantined(
+        self, conn: Connection, merchant_id: str, terminal_id: str, results: list[dict[str, Any]]
+    ) -> None:
+        """A resend of an event the server quarantined (``id_reused``,
+        ``seq_reused_after_restore``: its first answer was lost) is answered ``conflict`` with
+        the same reason and message again, so the till records it as if the first answer had
+        arrived. (Updates ``results`` in place.)"""
+        resent = [r for r in results if r.get("quarantined")]
+        if not resent:
+            return
+        c = schema.conflicts
+        why: dict[tuple[str, int], tuple[str, str]] = {}
+        for chunk in self._chunked(sorted({r["id"] for r in resent})):
+            for row in conn.execute(
+                select(c.c.event_id, c.c.seq, c.c.reason, c.c.message)
+                .where(
+                    c.c.merchant_id == merchant_id,
+                    c.c.terminal_id == terminal_id,
+                    self._among(c.c.event_id, chunk),
+                    c.c.reason.in_(QUARANTINED),
+                )
+                .order_by(c.c.id)
+            ):
+                why.setdefault((row.event_id, int(row.seq)), (row.reason, row.message))
+        for r in resent:
+            found = why.get((r["id"], r["seq"]))
+            if found is not None:
+                r["status"], (r["reason"], r["message"]) = Status.CONFLICT, found
 
     def _is_reconciliation(
         self,

@@ -11,6 +11,7 @@ import pytest
 
 from pos_loyalty.domain.events import Event, Kind, Posting, Unit
 from pos_loyalty.domain.ids import expiry_event_id, uuid7
+from pos_loyalty.ledger.codec import chain_hash, payload_of
 from pos_loyalty.ledger.replication import Answer, Replica, StoredEvent
 from pos_loyalty.ledger.store import Ledger
 from pos_loyalty.ledger.verify import verify
@@ -84,6 +85,11 @@ def test_same_id_different_hash_is_refused_loudly(store: ServerStore, tmp_path: 
     )
     assert push(store, auth_b, forged) == [Status.CONFLICT]
     assert [c["reason"] for c in store.conflicts()] == ["id_reused"]
+    # The answer lost, the batch sent again: the same answer, nothing recorded twice.
+    request = PushRequest(terminal_id="t2", events=[WireEvent.model_validate(_wire(forged[0]))])
+    (again,) = store.ingest(auth_b, request).results
+    assert (again.status, again.reason) == (Status.CONFLICT, "id_reused")
+    assert [c["reason"] for c in store.conflicts()] == ["id_reused"]
     assert store.balances("m1") == {("c1", "points", "points"): 10}
 
 
@@ -117,9 +123,66 @@ def test_restored_till_starts_a_new_epoch_without_overwriting(
     assert statuses == [Status.DUPLICATE, Status.CONFLICT, Status.ACCEPTED]
     reasons = [c["reason"] for c in store.conflicts()]
     assert reasons == ["new_epoch", "seq_reused_after_restore"]
+    # Sent again (the answer lost): answered as the first time, nothing recorded twice.
+    assert push(store, auth, replayed) == [Status.DUPLICATE, Status.CONFLICT, Status.DUPLICATE]
+    assert [c["reason"] for c in store.conflicts()] == reasons
     # The acknowledged seq 2 (10 points) stands; the re-used seq 2 is quarantined, not counted.
     assert store.balances("m1") == {("c1", "points", "points"): 1011}
     restored.close()
+
+
+def test_an_id_sent_twice_in_a_batch_keeps_every_position_distinct(
+    store: ServerStore, tmp_path: Path
+) -> None:
+    """A (hostile or broken) till sends event id X first at a re-used seq (quarantined) and
+    then again at a free seq (accepted): the stored event takes its accepted slot's position,
+    not the quarantined slot's, so no two slots share a position."""
+    import shutil
+
+    path = tmp_path / "t1.sqlite"
+    ledger = Ledger(path, "t1")
+    auth = auth_for(store, "t1")
+    push(store, auth, append(ledger, [credit("t1", "c1", 1)]))
+    ledger.close()
+    shutil.copy(path, tmp_path / "backup.sqlite")
+    ledger = Ledger(path, "t1")
+    push(store, auth, append(ledger, [credit("t1", "c1", 10)]))  # seq 2
+    ledger.close()
+    restored = Ledger(tmp_path / "backup.sqlite", "t1")
+    replayed = append(restored, [credit("t1", "c1", 100)])  # seq 1 again, a new seq 2: X
+    restored.close()
+    x = replayed[-1]
+    again = replace(credit("t1", "c1", 5), id=x.id, seq=3)  # X once more, at seq 3
+    third = {
+        **_wire(x),
+        "seq": 3,
+        "at": again.at.isoformat(),
+        "payload": payload_of(again),
+        "prev_hash": x.hash.hex(),
+        "hash": chain_hash(x.hash, again).hex(),
+    }
+    request = PushRequest(
+        terminal_id="t1",
+        events=[*(WireEvent.model_validate(_wire(e)) for e in replayed), WireEvent(**third)],
+    )
+    answer = store.ingest(auth, request)
+    assert [r.status for r in answer.results] == [
+        Status.DUPLICATE,
+        Status.CONFLICT,
+        Status.ACCEPTED,
+    ]
+    with store.engine.connect() as conn:
+        positions = [
+            r[0]
+            for r in conn.exec_driver_sql(
+                "SELECT server_seq FROM events UNION ALL SELECT server_seq FROM chain"
+            )
+        ]
+    assert sorted(positions) == [1, 2, 3, 4]
+    assert answer.results[2].server_seq == 4
+    page = store.pull(auth_for(store, "t2"), None, 100)
+    assert [(e.server_seq, e.event.seq) for e in page.events] == [(1, 1), (2, 2), (4, 3)]
+    assert [s.seq for s in page.stubs] == [2]
 
 
 def test_expiry_decided_twice_counts_once_and_the_loser_books_the_difference(
@@ -151,6 +214,14 @@ def test_expiry_decided_twice_counts_once_and_the_loser_books_the_difference(
     answer = store.ingest(auth_b, request)
     result = answer.results[0]
     assert result.status is Status.DUPLICATE and result.winner_payload is not None
+    # The answer lost, the batch sent again: answered the same, so the till still books it.
+    again = store.ingest(auth_b, request).results[0]
+    assert (again.status, again.reason, again.message, again.winner_payload) == (
+        result.status,
+        "expiry_decided_elsewhere",
+        result.message,
+        result.winner_payload,
+    )
     booked = rb.record_answers(
         sent[-1:],
         [

@@ -6,7 +6,9 @@ the slots whose event is not in ``events`` (a superseded expiry copy, a local-on
 reconciliation, a quarantined conflict) stay in ``chain``; readers (ingest's duplicate check,
 pull, the snapshot's chain heads) read both tables. On PostgreSQL ``balances`` gets
 ``fillfactor = 50``: every ingested batch updates ~one row per customer it touches, and the
-free space lets PostgreSQL update in place (HOT, no index entry per update).
+free space lets PostgreSQL update in place (HOT, no index entry per update). It applies to
+pages written from now on; a large existing table gets it everywhere after ``VACUUM FULL
+balances`` (which locks the table while it runs).
 
 Revision ID: s0005
 Revises: s0004
