@@ -10,11 +10,12 @@ and ``apply_pulled`` make the repeat a no-op.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import orjson
@@ -40,6 +41,8 @@ from sync.protocol import (
 )
 
 log = logging.getLogger("sync.client")
+
+R = TypeVar("R")
 
 # Pushes go in the largest batch the protocol takes (1,000 events, ~0.6 MB): a till
 # catching up after a weekend offline spends far less per event than in batches of 500
@@ -206,33 +209,35 @@ class SyncClient:
         # (batch, its answer to come, whether an earlier batch was on the wire when sent)
         inflight: deque[tuple[list[StoredEvent], Future[httpx.Response], bool]] = deque()
         after: int | None = None  # the last seq sent; None: read from the acknowledged seq
-        with ThreadPoolExecutor(PIPELINE, thread_name_prefix="sync-push") as wire:
-            while True:
-                while len(inflight) < PIPELINE:
-                    batch = self.replica.unsynced(self.batch, after=after)
-                    if not batch:
-                        break
-                    answer = wire.submit(self._send, batch)
-                    inflight.append((batch, answer, bool(inflight)))
-                    after = batch[-1].seq
-                if not inflight:
-                    return result
-                sent, answered, behind = inflight.popleft()
-                response = answered.result()
-                if response.status_code == 409 and _code(response) == "sequence_gap":
-                    for _, later, _ in inflight:  # they follow this one: refused too
-                        later.exception()
-                    inflight.clear()
-                    after = None  # send again from the acknowledged seq
-                    if not behind:
-                        # Nothing of ours was before it on the wire: the server holds our
-                        # chain only up to an earlier seq (it was restored from a backup).
-                        # (When behind, it took the lock before the batch it follows.)
-                        head = response.json()["error"].get("head") or {}
-                        log.warning("server holds our chain only up to seq %s: resending", head)
-                        self.replica.rewind(int(head.get("seq", 0)))
-                    continue
-                self._record(sent, response, result)
+        while True:
+            while len(inflight) < PIPELINE:
+                batch = self.replica.unsynced(self.batch, after=after)
+                if not batch:
+                    break
+                inflight.append((batch, _in_background(self._send, batch), bool(inflight)))
+                after = batch[-1].seq
+            if not inflight:
+                return result
+            sent, answered, behind = inflight.popleft()
+            # On an error (unreachable, refused, an answer cut) the round ends here; a batch
+            # still on the wire is left to finish or fail on its own (its answer is not
+            # recorded, and the next round sends it again: the server answers a resend as it
+            # did the first time).
+            response = answered.result()
+            if response.status_code == 409 and _code(response) == "sequence_gap":
+                for _, later, _ in inflight:  # they follow this one: refused too
+                    later.exception()
+                inflight.clear()
+                after = None  # send again from the acknowledged seq
+                if not behind:
+                    # Nothing of ours was before it on the wire: the server holds our chain
+                    # only up to an earlier seq (it was restored from a backup). (When
+                    # behind, it took the lock before the batch it follows.)
+                    head = response.json()["error"].get("head") or {}
+                    log.warning("server holds our chain only up to seq %s: resending", head)
+                    self.replica.rewind(int(head.get("seq", 0)))
+                continue
+            self._record(sent, response, result)
 
     def _send(self, batch: list[StoredEvent]) -> httpx.Response:
         # orjson: compact JSON (~10% fewer bytes to send and parse than with spaces),
@@ -388,6 +393,25 @@ class SyncClient:
         result.accepted += extra.accepted
         result.programs_applied = self.fetch_programs()
         return result
+
+
+def _in_background(fn: Callable[..., R], *args: Any) -> Future[R]:
+    """``fn(*args)`` in a daemon thread, its outcome as a ``Future``. (Not a
+    ``ThreadPoolExecutor``: its threads are joined when the interpreter exits, so a till
+    shutting down mid-push would wait for an answer nobody records, up to the timeout; and it
+    refuses new work once shutdown has begun, where the embedded sync thread may still push.)
+    """
+    future: Future[R] = Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to whoever waits for the answer
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name="sync-push", daemon=True).start()
+    return future
 
 
 def _code(response: httpx.Response) -> str:

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 
 from pos_loyalty.domain.events import Event, Kind, Posting, Unit
 from pos_loyalty.domain.ids import uuid7
-from sync.client import SyncClient
+from sync.client import SyncClient, SyncFailed
 from sync.server.store import ServerStore
 
 from .conftest import LiveServer, Till
@@ -113,4 +114,51 @@ def test_a_server_restored_from_a_backup_still_gets_the_chain_again(
     assert time.monotonic() - started < 10
     assert (result.accepted, result.duplicates) == (23, 0)
     assert till.replica.state().acked_seq == 25
+    assert event_ids(till) == set(store.event_ids("m1"))
+
+
+class FailFirstHoldSecond(httpx.BaseTransport):
+    """The first push is refused (503) once the second is on the wire; the second hangs."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.pushes = 0
+        self.second_sent = threading.Event()
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v1/sync/push":
+            return self.inner.handle_request(request)
+        with self.lock:
+            self.pushes += 1
+            number = self.pushes
+        if number == 1:
+            assert self.second_sent.wait(10)
+            body = b'{"error": {"code": "unavailable", "message": "try later"}}'
+            return httpx.Response(503, content=body, request=request)
+        self.second_sent.set()
+        self.release.wait(20)  # a server that takes its time
+        return self.inner.handle_request(request)
+
+
+def test_a_failed_round_does_not_wait_for_the_batch_still_on_the_wire(
+    store: ServerStore, live_server: LiveServer, make_till: Callable[..., Till]
+) -> None:
+    till = make_till("till-a")
+    creds = pair_till(store, till, live_server.url)
+    credits(till, 25)
+    transport = FailFirstHoldSecond()
+    client = SyncClient(till.replica, creds, http=httpx.Client(transport=transport), batch=10)
+    started = time.monotonic()
+    with pytest.raises(SyncFailed):
+        client.push()
+    assert time.monotonic() - started < 5  # the 20 s request is not waited for
+    assert till.replica.state().acked_seq == 0  # nothing recorded out of order
+    transport.release.set()
+    # The next round sends everything; whatever reached the server meanwhile is a duplicate.
+    again = SyncClient(till.replica, creds, batch=10)
+    result = again.push()
+    again.close()
+    assert result.accepted + result.duplicates == 25 and result.conflicts == 0
     assert event_ids(till) == set(store.event_ids("m1"))
