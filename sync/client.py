@@ -209,15 +209,22 @@ class SyncClient:
         # (batch, its answer to come, whether an earlier batch was on the wire when sent)
         inflight: deque[tuple[list[StoredEvent], Future[httpx.Response], bool]] = deque()
         after: int | None = None  # the last seq sent; None: read from the acknowledged seq
+        ahead: list[StoredEvent] = []  # the full batch after ``after``, read while waiting
         while True:
             while len(inflight) < PIPELINE:
-                batch = self.replica.unsynced(self.batch, after=after)
+                batch = ahead or self.replica.unsynced(self.batch, after=after)
+                ahead = []
                 if not batch:
                     break
                 inflight.append((batch, _in_background(self._send, batch), bool(inflight)))
                 after = batch[-1].seq
             if not inflight:
                 return result
+            # Read the next batch while the server works, so that it goes out as soon as an
+            # answer is recorded. Only a full one is kept: recording an answer may book
+            # local-only events after the head, which a short read would leave behind.
+            following = self.replica.unsynced(self.batch, after=after)
+            ahead = following if len(following) == self.batch else []
             sent, answered, behind = inflight.popleft()
             # On an error (unreachable, refused, an answer cut) the round ends here; a batch
             # still on the wire is left to finish or fail on its own (its answer is not
@@ -228,7 +235,7 @@ class SyncClient:
                 for _, later, _ in inflight:  # they follow this one: refused too
                     later.exception()
                 inflight.clear()
-                after = None  # send again from the acknowledged seq
+                after, ahead = None, []  # send again from the acknowledged seq
                 if not behind:
                     # Nothing of ours was before it on the wire: the server holds our chain
                     # only up to an earlier seq (it was restored from a backup). (When
