@@ -19,8 +19,7 @@ from pos_loyalty.ledger.codec import canonical, chain_hash, payload_of
 from sync.protocol import (
     WireEvent,
     _fast_hash_ok,
-    _HasFloat,
-    _loads_without_floats,
+    _loads_lossless,
     canonical_fast,
 )
 
@@ -53,7 +52,10 @@ def test_canonical_fast_is_canonical_or_refuses(value: Any) -> None:
 def test_decoding_then_fast_encoding_matches_the_reference(value: Any) -> None:
     # As text (a lone surrogate cannot be UTF-8 bytes, so ``canonical`` itself refuses it).
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    decoded = _loads_without_floats(text)
+    try:
+        decoded = _loads_lossless(text)
+    except ValueError:  # a lone surrogate, or jiter's depth limit: the reference path
+        return
     assert decoded == json.loads(text)
     try:
         fast = canonical_fast(decoded)
@@ -100,7 +102,7 @@ def _event(data: dict[str, Any]) -> Event:
 def test_a_genuine_event_with_unusual_text_passes_the_fast_check() -> None:
     ev = _event({"reason": "Café \x00\n\u2028 😀", "n": 2**63 - 1})
     wire = _wire(ev, b"\x01" * 32)
-    payload = _loads_without_floats(wire.payload)
+    payload = _loads_lossless(wire.payload)
     assert _fast_hash_ok(wire, payload)
     assert wire.checked_payload() == payload
 
@@ -116,8 +118,9 @@ def test_an_edited_payload_is_refused() -> None:
 def test_a_genuine_event_with_a_float_takes_the_reference_check() -> None:
     ev = _event({"reason": "float", "ratio": 1e16, "small": 1e-7})
     wire = _wire(ev, b"\x03" * 32)
-    with pytest.raises(_HasFloat):
-        _loads_without_floats(wire.payload)
+    with pytest.raises(TypeError):  # a LosslessFloat stops the fast encoding
+        canonical_fast(_loads_lossless(wire.payload))
+    assert not _fast_hash_ok(wire, _loads_lossless(wire.payload))
     assert wire.checked_payload() == json.loads(wire.payload)
 
 
@@ -143,3 +146,38 @@ def test_a_hash_over_orjson_bytes_is_refused_where_they_differ(number: float | i
     forged = hashlib.sha256(prev + forged_bytes).hexdigest()
     assert _wire(ev, prev, digest=forged).checked_payload() is None
     assert _wire(ev, prev).checked_payload() is not None
+
+
+# Texts close to JSON: the characters JSON is made of, and a few it is not.
+_json_ish = st.text(
+    st.sampled_from(list('{}[]:,"\\ -+.0123456789eEtrufalsn\x01u00dD8AfF') + ["\u00e9"]),
+    max_size=30,
+)
+
+
+@settings(max_examples=1500)
+@given(st.one_of(_json_ish, _json_values.map(json.dumps)))
+def test_jiter_takes_no_text_json_refuses_and_reads_it_alike(text: str) -> None:
+    try:
+        decoded = _loads_lossless(text)
+    except ValueError:
+        return  # refused: the reference path decides, as before
+    reference = json.loads(text)  # raises if jiter took a text json refuses
+    try:
+        fast = canonical_fast(decoded)
+    except TypeError:
+        return  # a float, or an integer beyond 64 bits: the reference path
+    assert decoded == reference
+    assert fast == canonical(reference)
+
+
+def test_a_payload_with_more_than_postings_and_data_is_refused() -> None:
+    """The hash covers "p" and "d" only: anything else in the payload text would travel
+    unchecked, so it is refused (both paths)."""
+    ev = _event({"reason": "bench"})
+    good = _wire(ev, b"\x04" * 32)
+    assert good.checked_payload() is not None
+    padded = good.payload[:-1] + ',"x":"unchecked"}'
+    wire = _wire(ev, b"\x04" * 32, payload=padded, digest=good.hash)
+    assert not _fast_hash_ok(wire, _loads_lossless(padded))
+    assert wire.checked_payload() is None
