@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from sqlalchemy import select
 
 from pos_loyalty.domain.basket import Basket, BasketLine, Redemption
+from pos_loyalty.domain.events import Event, Kind, Posting, Unit
+from pos_loyalty.domain.ids import uuid7
 from pos_loyalty.ledger import schema
 from pos_loyalty.ledger.replication import Credentials
 from pos_loyalty.service import SaleRequest, Service
@@ -15,6 +19,28 @@ from sync.client import RoundResult, SyncClient, pair
 from sync.server.store import ServerStore
 
 from .conftest import Till
+
+
+def append_adjustments(till: Till, points: Iterable[tuple[str, int]], reason: str) -> None:
+    """Real events of this till, one points adjustment per (customer, delta), appended
+    through its ledger in one transaction: sequence, hash chain and projections as for any
+    event."""
+    at = datetime.now(UTC)
+    with till.service.ledger.transaction() as tx:
+        tx.append(
+            [
+                Event(
+                    uuid7(),
+                    Kind.ACCOUNT_ADJUSTED,
+                    till.terminal_id,
+                    at,
+                    customer,
+                    postings=(Posting("points", Unit.POINTS, delta),),
+                    data={"reason": reason},
+                )
+                for customer, delta in points
+            ]
+        )
 
 
 def pair_till(

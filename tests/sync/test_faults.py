@@ -25,15 +25,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
 from pos_loyalty.config import embedded_default_text
-from pos_loyalty.domain.events import Event, Kind, Posting, Unit
-from pos_loyalty.domain.ids import uuid7
 from pos_loyalty.ledger.verify import verify
 from pos_loyalty.service import Profile
 from sync.client import SyncFailed
@@ -41,7 +38,15 @@ from sync.server.store import ServerStore
 
 from .conftest import LiveServer, Postgres, Till, free_port
 from .faultproxy import FaultProxy
-from .helpers import event_ids, nonzero, pair_till, sale, sync_round, till_balances
+from .helpers import (
+    append_adjustments,
+    event_ids,
+    nonzero,
+    pair_till,
+    sale,
+    sync_round,
+    till_balances,
+)
 
 WEIGHTS: dict[str, float] = {
     "ok": 4,
@@ -233,24 +238,9 @@ class Chaos(threading.Thread):
 
 
 def _adjustments(till: Till, customers: list[str], n: int, rng: random.Random) -> None:
-    """``n`` real events of this till (points adjustments, some negative), appended through
-    its ledger in one transaction: sequence, hash chain and projections as for any event."""
-    at = datetime.now(UTC)
-    with till.service.ledger.transaction() as tx:
-        tx.append(
-            [
-                Event(
-                    uuid7(),
-                    Kind.ACCOUNT_ADJUSTED,
-                    till.terminal_id,
-                    at,
-                    rng.choice(customers),
-                    postings=(Posting("points", Unit.POINTS, rng.choice([-2, 1, 3, 5, 8])),),
-                    data={"reason": "fault test"},
-                )
-                for _ in range(n)
-            ]
-        )
+    """``n`` points adjustments of this till, some negative, in one transaction."""
+    points = [(rng.choice(customers), rng.choice([-2, 1, 3, 5, 8])) for _ in range(n)]
+    append_adjustments(till, points, "fault test")
 
 
 def _sync_process(till: Till, root: Path, url: str) -> subprocess.Popen[bytes]:

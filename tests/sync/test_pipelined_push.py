@@ -8,28 +8,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import httpx
 import pytest
 
-from pos_loyalty.domain.events import Event, Kind, Posting, Unit
-from pos_loyalty.domain.ids import uuid7
 from sync.client import SyncClient, SyncFailed
 from sync.server.store import ServerStore
 
 from .conftest import LiveServer, Till
-from .helpers import event_ids, pair_till
+from .helpers import append_adjustments, event_ids, pair_till
 
 
-class HoldFirstPush(httpx.BaseTransport):
-    """Sends the first push request only after the second one has been answered."""
+class PushTransport(httpx.BaseTransport):
+    """A real HTTP transport that numbers the push requests (1, 2, ...) for ``push``."""
 
     def __init__(self) -> None:
         self.inner = httpx.HTTPTransport()
         self.pushes = 0
-        self.statuses: list[int] = []
-        self.second_answered = threading.Event()
         self.lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -38,6 +33,24 @@ class HoldFirstPush(httpx.BaseTransport):
         with self.lock:
             self.pushes += 1
             number = self.pushes
+        return self.push(number, request)
+
+    def push(self, number: int, request: httpx.Request) -> httpx.Response:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class HoldFirstPush(PushTransport):
+    """Sends the first push request only after the second one has been answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[int] = []
+        self.second_answered = threading.Event()
+
+    def push(self, number: int, request: httpx.Request) -> httpx.Response:
         if number == 1:
             assert self.second_answered.wait(10), "the second batch was not sent meanwhile"
         response = self.inner.handle_request(request)
@@ -48,27 +61,9 @@ class HoldFirstPush(httpx.BaseTransport):
             self.second_answered.set()
         return response
 
-    def close(self) -> None:
-        self.inner.close()
-
 
 def credits(till: Till, n: int) -> None:
-    at = datetime.now(UTC)
-    with till.service.ledger.transaction() as tx:
-        tx.append(
-            [
-                Event(
-                    uuid7(),
-                    Kind.ACCOUNT_ADJUSTED,
-                    till.terminal_id,
-                    at,
-                    f"c{i % 7}",
-                    postings=(Posting("points", Unit.POINTS, 1),),
-                    data={"reason": "test"},
-                )
-                for i in range(n)
-            ]
-        )
+    append_adjustments(till, [(f"c{i % 7}", 1) for i in range(n)], "test")
 
 
 def test_a_batch_overtaking_the_one_before_is_sent_again_after_it(
@@ -117,22 +112,15 @@ def test_a_server_restored_from_a_backup_still_gets_the_chain_again(
     assert event_ids(till) == set(store.event_ids("m1"))
 
 
-class FailFirstHoldSecond(httpx.BaseTransport):
+class FailFirstHoldSecond(PushTransport):
     """The first push is refused (503) once the second is on the wire; the second hangs."""
 
     def __init__(self) -> None:
-        self.inner = httpx.HTTPTransport()
-        self.pushes = 0
+        super().__init__()
         self.second_sent = threading.Event()
         self.release = threading.Event()
-        self.lock = threading.Lock()
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path != "/v1/sync/push":
-            return self.inner.handle_request(request)
-        with self.lock:
-            self.pushes += 1
-            number = self.pushes
+    def push(self, number: int, request: httpx.Request) -> httpx.Response:
         if number == 1:
             assert self.second_sent.wait(10)
             body = b'{"error": {"code": "unavailable", "message": "try later"}}'

@@ -103,9 +103,9 @@ def test_gap_is_refused_with_the_servers_head(store: ServerStore, tmp_path: Path
     assert store.count("events") == 0
 
 
-def test_restored_till_starts_a_new_epoch_without_overwriting(
-    store: ServerStore, tmp_path: Path
-) -> None:
+def restored_till(store: ServerStore, tmp_path: Path) -> tuple[Ledger, TillAuth]:
+    """Till t1 pushed seq 1 (1 point) and seq 2 (10 points), then was restored from a backup
+    taken after seq 1: its ledger (to append to) and its credentials."""
     import shutil
 
     path = tmp_path / "t1.sqlite"
@@ -117,7 +117,13 @@ def test_restored_till_starts_a_new_epoch_without_overwriting(
     ledger = Ledger(path, "t1")
     push(store, auth, append(ledger, [credit("t1", "c1", 10)]))  # seq 2, then lost
     ledger.close()
-    restored = Ledger(tmp_path / "backup.sqlite", "t1")
+    return Ledger(tmp_path / "backup.sqlite", "t1"), auth
+
+
+def test_restored_till_starts_a_new_epoch_without_overwriting(
+    store: ServerStore, tmp_path: Path
+) -> None:
+    restored, auth = restored_till(store, tmp_path)
     replayed = append(restored, [credit("t1", "c1", 100), credit("t1", "c1", 1000)])
     statuses = push(store, auth, replayed)
     assert statuses == [Status.DUPLICATE, Status.CONFLICT, Status.ACCEPTED]
@@ -137,18 +143,7 @@ def test_an_id_sent_twice_in_a_batch_keeps_every_position_distinct(
     """A (hostile or broken) till sends event id X first at a re-used seq (quarantined) and
     then again at a free seq (accepted): the stored event takes its accepted slot's position,
     not the quarantined slot's, so no two slots share a position."""
-    import shutil
-
-    path = tmp_path / "t1.sqlite"
-    ledger = Ledger(path, "t1")
-    auth = auth_for(store, "t1")
-    push(store, auth, append(ledger, [credit("t1", "c1", 1)]))
-    ledger.close()
-    shutil.copy(path, tmp_path / "backup.sqlite")
-    ledger = Ledger(path, "t1")
-    push(store, auth, append(ledger, [credit("t1", "c1", 10)]))  # seq 2
-    ledger.close()
-    restored = Ledger(tmp_path / "backup.sqlite", "t1")
+    restored, auth = restored_till(store, tmp_path)
     replayed = append(restored, [credit("t1", "c1", 100)])  # seq 1 again, a new seq 2: X
     restored.close()
     x = replayed[-1]
