@@ -45,7 +45,7 @@ from pos_loyalty.ledger.snapshot import (
 from pos_loyalty.ledger.store import Ledger
 from sync.protocol import BootstrapPage
 
-from .client import SyncFailed, _code, _refusal
+from .client import SyncFailed, _answer, _code, _refusal
 
 log = logging.getLogger("sync.bootstrap")
 
@@ -137,13 +137,8 @@ def bootstrap(
                 continue
             if response.status_code != 200:
                 raise _refusal(response)
-            try:
-                with bulk():
-                    got = BootstrapPage.model_validate_json(response.content)
-            except ValueError:
-                raise SyncFailed(
-                    "the server's answer was cut or garbled", reachable=False
-                ) from None
+            with bulk():
+                got = _answer(BootstrapPage, response)
             if at is None:
                 header = [got.cursor, got.heads or [], got.usage or [], got.coupons or []]
                 with ledger.transaction() as tx:

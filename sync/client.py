@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 import orjson
+from pydantic import BaseModel
 
 from pos_loyalty.config import ConfigError
 from pos_loyalty.ledger.replication import (
@@ -43,6 +44,7 @@ from sync.protocol import (
 log = logging.getLogger("sync.client")
 
 R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
 
 # Pushes go in the largest batch the protocol takes (1,000 events, ~0.6 MB): a till
 # catching up after a weekend offline spends far less per event than in batches of 500
@@ -270,10 +272,7 @@ class SyncClient:
         """Record the server's answer to ``sent`` (one local transaction)."""
         if response.status_code != 200:
             raise _refusal(response)
-        try:
-            answer = PushResponse.model_validate_json(response.content)
-        except ValueError:
-            raise SyncFailed("the server's answer was cut or garbled", reachable=False) from None
+        answer = _answer(PushResponse, response)
         answers = [
             Answer(r.id, r.seq, r.status.value, r.reason, r.message, r.winner_payload)
             for r in answer.results
@@ -310,12 +309,7 @@ class SyncClient:
             response = self._request("GET", "/v1/sync/pull", params=params)
             if response.status_code != 200:
                 raise _refusal(response)
-            try:
-                page = PullResponse.model_validate_json(response.content)
-            except ValueError:
-                raise SyncFailed(
-                    "the server's answer was cut or garbled", reachable=False
-                ) from None
+            page = _answer(PullResponse, response)
             applied = self.replica.apply_pulled(
                 (_stored(p.event) for p in page.events),
                 (
@@ -359,10 +353,7 @@ class SyncClient:
         response = self._request("GET", "/v1/sync/config", params=params)
         if response.status_code != 200:
             raise _refusal(response)
-        try:
-            answer = ProgramConfig.model_validate_json(response.content)
-        except ValueError:
-            raise SyncFailed("the server's answer was cut or garbled", reachable=False) from None
+        answer = _answer(ProgramConfig, response)
         if answer.unchanged or answer.version <= held:
             if answer.version < held:
                 log.warning(
@@ -419,6 +410,15 @@ def _in_background(fn: Callable[..., R], *args: Any) -> Future[R]:
 
     threading.Thread(target=run, name="sync-push", daemon=True).start()
     return future
+
+
+def _answer(model: type[M], response: httpx.Response) -> M:
+    """The server's 200 answer as ``model``; SyncFailed (unreachable: try again) when it does
+    not parse, as when the connection was cut mid-body."""
+    try:
+        return model.model_validate_json(response.content)
+    except ValueError:
+        raise SyncFailed("the server's answer was cut or garbled", reachable=False) from None
 
 
 def _code(response: httpx.Response) -> str:

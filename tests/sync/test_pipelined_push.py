@@ -66,14 +66,25 @@ def credits(till: Till, n: int) -> None:
     append_adjustments(till, [(f"c{i % 7}", 1) for i in range(n)], "test")
 
 
-def test_a_batch_overtaking_the_one_before_is_sent_again_after_it(
-    store: ServerStore, live_server: LiveServer, make_till: Callable[..., Till]
-) -> None:
+def till_through(
+    transport: httpx.BaseTransport,
+    store: ServerStore,
+    live_server: LiveServer,
+    make_till: Callable[..., Till],
+) -> tuple[Till, SyncClient]:
+    """A paired till with 25 events waiting, its client pushing batches of 10 through
+    ``transport``."""
     till = make_till("till-a")
     creds = pair_till(store, till, live_server.url)
     credits(till, 25)
+    return till, SyncClient(till.replica, creds, http=httpx.Client(transport=transport), batch=10)
+
+
+def test_a_batch_overtaking_the_one_before_is_sent_again_after_it(
+    store: ServerStore, live_server: LiveServer, make_till: Callable[..., Till]
+) -> None:
     transport = HoldFirstPush()
-    client = SyncClient(till.replica, creds, http=httpx.Client(transport=transport), batch=10)
+    till, client = till_through(transport, store, live_server, make_till)
     result = client.push()
     client.close()
     # seq 11-20 reached the server before 1-10: refused, then sent again after them (and
@@ -133,11 +144,8 @@ class FailFirstHoldSecond(PushTransport):
 def test_a_failed_round_does_not_wait_for_the_batch_still_on_the_wire(
     store: ServerStore, live_server: LiveServer, make_till: Callable[..., Till]
 ) -> None:
-    till = make_till("till-a")
-    creds = pair_till(store, till, live_server.url)
-    credits(till, 25)
     transport = FailFirstHoldSecond()
-    client = SyncClient(till.replica, creds, http=httpx.Client(transport=transport), batch=10)
+    till, client = till_through(transport, store, live_server, make_till)
     started = time.monotonic()
     with pytest.raises(SyncFailed):
         client.push()
@@ -145,7 +153,7 @@ def test_a_failed_round_does_not_wait_for_the_batch_still_on_the_wire(
     assert till.replica.state().acked_seq == 0  # nothing recorded out of order
     transport.release.set()
     # The next round sends everything; whatever reached the server meanwhile is a duplicate.
-    again = SyncClient(till.replica, creds, batch=10)
+    again = SyncClient(till.replica, client.credentials, batch=10)
     result = again.push()
     again.close()
     assert result.accepted + result.duplicates == 25 and result.conflicts == 0
