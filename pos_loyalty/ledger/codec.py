@@ -71,8 +71,15 @@ def payload_of(event: Event) -> str:
 
 
 def event_from_row(row: Any, dicts: Dictionaries | None = None) -> Event:
-    """The event of an ``events`` row (stored payload) or of a wire event (payload text)."""
+    """The event of an ``events`` row (stored payload) or of a wire event (payload text).
+
+    Raises ValueError for a payload that is not exactly ``{"p": ..., "d": ...}``: the chain
+    hash covers only those two, so anything else in it would be content no hash vouches
+    for (the server refuses such a push the same way, ``sync.protocol``)."""
     payload = json.loads(decode_payload(row.payload, dicts))
+    if type(payload) is not dict or payload.keys() != {"p", "d"}:
+        keys = sorted(payload) if type(payload) is dict else type(payload).__name__
+        raise ValueError(f"the payload must hold exactly the keys 'd' and 'p', not {keys}")
     return Event.from_body(
         {
             "id": row.id,

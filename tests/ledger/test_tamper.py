@@ -336,3 +336,23 @@ def test_an_edited_compression_dictionary_is_found(tmp_path: Path) -> None:
     report = check(tmp_path)
     assert not report.ok
     assert "edited" in str(report.problems[0]) or "decoded" in str(report.problems[0])
+
+
+def test_a_key_added_to_a_stored_payload_is_found(data_dir: Path) -> None:
+    """The hash covers the payload's ``p`` and ``d`` only: an added key is content nothing
+    vouches for, so ``verify`` names the event instead of reading past it."""
+    event_id, seq, payload = sales(data_dir)[1]
+    body = json.loads(payload)
+    body["x"] = {"note": "added later"}
+    changed = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    execute(
+        data_dir,
+        "UPDATE events SET payload = ? WHERE id = ?",
+        stored(data_dir, changed),
+        id_key(event_id),
+    )
+    report = check(data_dir)
+    assert not report.ok
+    problem = report.problems[0]
+    assert (problem.event_id, problem.seq) == (event_id, seq)
+    assert "cannot be decoded" in str(problem) and "'x'" in str(problem)
