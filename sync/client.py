@@ -346,14 +346,7 @@ class SyncClient:
             return None
         merchant = self.credentials.merchant_id
         self.programs_version = held = self.programs.have(merchant)
-        params: dict[str, Any] = {"have": max(held, self._refused_version), "running": held}
-        if self._refused_version > held and self.programs_problem:
-            # What this till refused and why, for the operator (``server terminals``).
-            params.update(refused=self._refused_version, problem=self.programs_problem[:300])
-        response = self._request("GET", "/v1/sync/config", params=params)
-        if response.status_code != 200:
-            raise _refusal(response)
-        answer = _answer(ProgramConfig, response)
+        answer = self._ask_config()
         if answer.unchanged or answer.version <= held:
             if answer.version < held:
                 log.warning(
@@ -375,12 +368,37 @@ class SyncClient:
         self.programs_version = answer.version
         self.programs_problem = None
         log.info("program configuration v%d applied", answer.version)
+        self._report_programs()
         return answer.version
+
+    def _ask_config(self) -> ProgramConfig:
+        """``GET /v1/sync/config``: the server's newest configuration unless this till has
+        it (or refused it); the request also tells the server what this till runs and what
+        it refused and why (``server terminals``)."""
+        held = self.programs_version
+        params: dict[str, Any] = {"have": max(held, self._refused_version), "running": held}
+        if self._refused_version > held and self.programs_problem:
+            params.update(refused=self._refused_version, problem=self.programs_problem[:300])
+        response = self._request("GET", "/v1/sync/config", params=params)
+        if response.status_code != 200:
+            raise _refusal(response)
+        return _answer(ProgramConfig, response)
+
+    def _report_programs(self) -> None:
+        """Tell the server now what changed (a version applied or refused), not at the next
+        round: an operator watching ``server terminals`` after publishing sees it at once.
+        The answer is "unchanged" (this till asks from what it now holds or refused). A
+        failure here changes nothing on the till: the next round reports it again."""
+        try:
+            self._ask_config()
+        except SyncFailed as exc:
+            log.warning("could not report the program configuration state yet: %s", exc)
 
     def _refuse(self, version: int, why: str) -> None:
         self._refused_version = version
         self.programs_problem = f"program configuration v{version} refused: {why}"
         log.error("%s; keeping v%d", self.programs_problem, self.programs_version)
+        self._report_programs()
 
     def round(self) -> RoundResult:
         result = self.push()

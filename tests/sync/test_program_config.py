@@ -312,6 +312,48 @@ def test_bad_config_from_server_is_refused_and_till_keeps_its_programs(
     assert earned(till.service, card) == 20
 
 
+class _LosesConfigRequests(httpx.HTTPTransport):
+    """A real HTTP transport whose ``/v1/sync/config`` requests after the first ``keep``
+    fail as a dropped connection would (the server never sees them)."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__()
+        self.keep, self.seen = keep, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/sync/config":
+            self.seen += 1
+            if self.seen > self.keep:
+                raise httpx.ConnectError("connection dropped", request=request)
+        return super().handle_request(request)
+
+
+def test_a_refusal_whose_report_is_lost_is_reported_at_the_next_round(
+    store: ServerStore,
+    live_server: LiveServer,
+    make_till: Callable[..., Till],
+    syncs: Callable[..., TillSync],
+) -> None:
+    till = make_till("till-a")
+    pair_till(store, till, live_server.url, merchant="m1")
+    store.set_program_config("m1", FIVE_PER_EURO)
+    assert syncs(till).round().programs_applied == 1
+    publish_unchecked(store, "m1", 2, BAD)
+    # The fetch of v2 gets through; the report of its refusal right after it is lost.
+    transport = _LosesConfigRequests(keep=1)
+    sync = syncs(till, http=httpx.Client(transport=transport, timeout=10))
+    result = sync.round()  # the lost report does not fail the round
+    assert result.programs_applied is None and result.pushed == 0
+    assert transport.seen == 2
+    assert sync.client.programs_problem is not None
+    assert _terminal(store, "till-a")["programs_refused"] is None  # not heard yet
+    transport.keep = 10
+    sync.round()
+    row = _terminal(store, "till-a")
+    assert (row["programs_version"], row["programs_refused"]) == (1, 2)
+    assert row["programs_problem"].startswith("program configuration v2 refused: ")
+
+
 def _terminal(store: ServerStore, terminal_id: str) -> dict[str, Any]:
     (row,) = [r for r in store.terminals() if r["id"] == terminal_id]
     return row
@@ -342,13 +384,12 @@ def test_server_terminals_lists_versions_last_seen_and_refusals(
 
     store.set_program_config("m1", FIVE_PER_EURO)
     sync = syncs(a)
-    assert sync.round().programs_applied == 1  # asked while it still ran v0
+    assert sync.round().programs_applied == 1
+    # The version it runs now reaches the server in the same round, not the next one.
     row = _terminal(store, "till-a")
-    assert (row["programs_version"], row["programs_current"]) == (0, 1)
-    assert row["last_seen_at"] is not None
-    sync.round()  # reports the version it runs now
-    row = _terminal(store, "till-a")
+    assert (row["programs_version"], row["programs_current"]) == (1, 1)
     assert (row["programs_version"], row["programs_refused"]) == (1, None)
+    assert row["last_seen_at"] is not None
     seen = row["last_seen_at"]
     sync.round()  # nothing changed: "last seen" is not rewritten every round
     assert _terminal(store, "till-a")["last_seen_at"] == seen
@@ -357,9 +398,8 @@ def test_server_terminals_lists_versions_last_seen_and_refusals(
     assert _terminal(store, "till-a")["last_seen_at"] > seen
 
     # A configuration the till cannot use (bypassing the server's check, as above): the
-    # refusal and its reason reach the server at the till's next round.
+    # refusal and its reason reach the server in the round that refused it.
     publish_unchecked(store, "m1", 2, BAD)
-    sync.round()
     sync.round()
     row = _terminal(store, "till-a")
     assert (row["programs_version"], row["programs_refused"], row["programs_current"]) == (
