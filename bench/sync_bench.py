@@ -3,7 +3,11 @@
 1. Server ingest over HTTP into PostgreSQL (events/s) against a raw psycopg ``executemany``
    of the same rows into a table of the same shape, in the same run: both and the ratio
    (target >= 0.5).
-2. Catch-up: a till with N waiting events pushes them all (target <= 1 s for 10,000).
+   The pushing tills (``--tills``, 2 by default) send at once, their requests encoded
+   before the clock starts (as the baseline's rows are built before its clock starts); the
+   server runs ``--workers`` processes (default: one per core).
+2. Catch-up: a till with N waiting events pushes them all (target <= 1 s for 10,000), its
+   real ``SyncClient``, also against a raw insert of its rows.
 3. Bootstrap: a new till pulls everything from a server holding M customers (enrolment +
    card + one sale each) (target <= 5 s for 100,000).
 
@@ -13,7 +17,7 @@ Starts its own PostgreSQL (Debian binaries, temporary directory, loopback, fsync
 process, which shares the interpreter lock with the till). Usage::
 
     .venv/bin/python bench/sync_bench.py [--events 10000] [--runs 3] [--customers 100000]
-        [--pg URL] [--in-process]
+        [--pg URL] [--in-process] [--workers N] [--tills N] [--payload KIND]
 """
 
 from __future__ import annotations
@@ -109,15 +113,16 @@ class ServerProcess:
     server --db URL --port N``), so that the till's work and the server's do not share one
     interpreter (and its GIL) as they would with the in-thread ``Server``."""
 
-    def __init__(self, url: str, root: Path) -> None:
+    def __init__(self, url: str, root: Path, workers: int = 1) -> None:
         import httpx
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
         repo = Path(__file__).resolve().parent.parent
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pos_loyalty.cli", "--data-dir", str(root / "server")]
-            + ["server", "--db", url, "--port", str(self.port)],
+            + ["server", "--db", url, "--port", str(self.port), "--workers", str(workers)],
             cwd=repo,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -216,30 +221,140 @@ def bench_ingest(
     pg_dsn: str,
     run: int,
     template: Event | None = None,
+    tills: int = 2,
 ) -> None:
-    import psycopg
-
+    """Per run: the catch-up (one till's ``SyncClient.push`` of ``n`` waiting events) and
+    the server's ingest (``tills`` tills at once, ``n`` events in all, their push requests
+    encoded before the clock starts, as the raw baseline's rows are), each against a raw
+    ``executemany`` of the same rows."""
     what = "adjustment" if template is None else "sale"
-    replica = paired_till(store, server, root, f"ingest-{what}-till-{run}")
+    replica = paired_till(store, server, root, f"catchup-{what}-till-{run}")
     fill_till(replica.ledger, n, template=template)
     creds = replica.credentials()
     assert creds is not None
     client = SyncClient(replica, creds, batch=1000)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        # Planner statistics, as autovacuum keeps them on a running server: this database
-        # is new, and without them PostgreSQL plans the look-ups for near-empty tables
-        # (the id look-up then filters every stored event of the merchant).
-        conn.execute("ANALYZE")
+    settle(pg_dsn)
     start = time.perf_counter()
     result = client.push()
-    http_s = time.perf_counter() - start
+    push_s = time.perf_counter() - start
     client.close()
     assert result.accepted == n, result
-    rows = replica_rows(replica)
+    catchup_rows = replica_rows(replica)
+    replica.ledger.close()
+
+    streams: list[tuple[list[bytes], dict[str, str]]] = []
+    ingest_rows: list[tuple[object, ...]] = []
+    for k in range(tills):
+        till = paired_till(store, server, root, f"ingest-{what}-till-{run}-{k}")
+        share = n // tills + (1 if k < n % tills else 0)
+        fill_till(till.ledger, share, template=template)
+        streams.append((push_bodies(till), push_headers(till)))
+        ingest_rows.extend(replica_rows(till, first=len(ingest_rows)))
+        till.ledger.close()
+    settle(pg_dsn)
+    ingest_s = send_concurrently(server.url, streams)
+
+    raw_push_s = raw_insert(pg_dsn, catchup_rows)
+    raw_ingest_s = raw_insert(pg_dsn, ingest_rows)
+    size = sum(len(str(r[10])) for r in ingest_rows) // n
+    workers = server.workers if isinstance(server, ServerProcess) else 1
+    print(f"[{what} events, {size} bytes of payload each; server: {workers} worker process(es)]")
+    print(
+        f"ingest over HTTP into PostgreSQL ({tills} tills at once): {n} events in "
+        f"{ingest_s:.2f} s = {n / ingest_s:,.0f}/s"
+    )
+    print(
+        f"raw psycopg executemany of the same rows:       {n} events in {raw_ingest_s:.2f} s"
+        f" = {n / raw_ingest_s:,.0f}/s"
+    )
+    print(f"ratio {raw_ingest_s / ingest_s:.2f} (target >= 0.5); batches of 1000, one commit each")
+    print(
+        f"catch-up: one till's {n} waiting events pushed in {push_s:.2f} s (target <= 1 s for"
+        f" 10,000); raw executemany of its rows {raw_push_s:.2f} s, ratio"
+        f" {raw_push_s / push_s:.2f}"
+    )
+
+
+def settle(pg_dsn: str) -> None:
+    """Before each timed part: planner statistics, as autovacuum keeps them on a running
+    server (this database is new, and without them PostgreSQL plans the look-ups for
+    near-empty tables: the id look-up then filters every stored event of the merchant), and
+    a checkpoint, so that neither the server nor the baseline is timed while PostgreSQL
+    vacuums or writes back what the part before it wrote (the baseline moved from 0.18 to
+    0.4-0.7 s in some runs without it)."""
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("CHECKPOINT")
+
+
+def push_bodies(replica: Replica, batch: int = 1000) -> list[bytes]:
+    """The till's waiting events as the push requests ``SyncClient`` sends (JSON bytes)."""
+    import orjson
+
+    from sync.protocol import PROTOCOL_VERSION
+
+    waiting = replica.unsynced(10**9)
+    return [
+        orjson.dumps(
+            {
+                "protocol": PROTOCOL_VERSION,
+                "terminal_id": replica.terminal_id,
+                "events": [_wire(e) for e in waiting[i : i + batch]],
+            }
+        )
+        for i in range(0, len(waiting), batch)
+    ]
+
+
+def push_headers(replica: Replica) -> dict[str, str]:
+    creds = replica.credentials()
+    assert creds is not None
+    return {"authorization": f"Bearer {creds.credential}", "content-type": "application/json"}
+
+
+def send_concurrently(url: str, streams: list[tuple[list[bytes], dict[str, str]]]) -> float:
+    """Each till's requests in order on its own connection, all tills at once; seconds."""
+    import httpx
+
+    clients = [httpx.Client(timeout=120) for _ in streams]
+    failures: list[str] = []
+
+    def send(client: httpx.Client, bodies: list[bytes], headers: dict[str, str]) -> None:
+        for body in bodies:
+            answer = client.post(url + "/v1/sync/push", content=body, headers=headers)
+            if answer.status_code != 200 or b'"accepted"' not in answer.content:
+                failures.append(f"{answer.status_code}: {answer.text[:300]}")
+                return
+
+    threads = [
+        threading.Thread(target=send, args=(c, bodies, headers))
+        for c, (bodies, headers) in zip(clients, streams, strict=True)
+    ]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.perf_counter() - start
+    for c in clients:
+        c.close()
+    if failures:
+        raise RuntimeError(f"a push failed: {failures[0]}")
+    return took
+
+
+def raw_insert(pg_dsn: str, rows: list[tuple[object, ...]]) -> float:
+    """Seconds for a raw ``executemany`` of ``rows`` into a table shaped like ``events``
+    (batches of 1000, a commit each, as the server's)."""
+    import psycopg
+
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("DROP TABLE IF EXISTS raw_events")
         conn.execute("CREATE TABLE raw_events (LIKE events INCLUDING ALL)")
         conn.commit()
+        settle(pg_dsn)
         start = time.perf_counter()
         with conn.cursor() as cur:
             for i in range(0, len(rows), 1000):
@@ -250,19 +365,14 @@ def bench_ingest(
                     rows[i : i + 1000],
                 )
                 conn.commit()
-        raw_s = time.perf_counter() - start
+        took = time.perf_counter() - start
         conn.execute("DROP TABLE raw_events")
         conn.commit()
-    http_rate, raw_rate = n / http_s, n / raw_s
-    print(f"[{what} events, {sum(len(r[10]) for r in rows) // n} bytes of payload each]")
-    print(f"ingest over HTTP into PostgreSQL: {n} events in {http_s:.2f} s = {http_rate:,.0f}/s")
-    print(f"raw psycopg executemany:           {n} events in {raw_s:.2f} s = {raw_rate:,.0f}/s")
-    print(f"ratio {http_rate / raw_rate:.2f} (target >= 0.5); batches of 1000, one commit each")
-    print(f"catch-up: {n} waiting events pushed in {http_s:.2f} s (target <= 1 s for 10,000)")
-    replica.ledger.close()
+    return took
 
 
-def replica_rows(replica: Replica) -> list[tuple[object, ...]]:
+def replica_rows(replica: Replica, first: int = 0) -> list[tuple[object, ...]]:
+    """The till's events as the server's ``events`` rows (server_seq from ``first``)."""
     now = datetime.now(UTC).isoformat()
     from sqlalchemy import select
 
@@ -279,7 +389,7 @@ def replica_rows(replica: Replica) -> list[tuple[object, ...]]:
                 (
                     "raw",
                     r.id,
-                    i,
+                    first + i,
                     r.terminal_id,
                     1,
                     r.seq,
@@ -370,6 +480,16 @@ def main() -> int:
         action="store_true",
         help="ingest into the server in a thread of this process (default: its own process)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="the server's worker processes (`pos-loyalty server --workers`; default: one per"
+        " core)",
+    )
+    parser.add_argument(
+        "--tills", type=int, default=2, help="tills pushing at once in the ingest figure"
+    )
     args = parser.parse_args()
     pg = None if args.pg else Postgres()
     url = args.pg or pg.url()  # type: ignore[union-attr]
@@ -379,13 +499,15 @@ def main() -> int:
     try:
         dsn = url.replace("postgresql+psycopg://", "postgresql://")
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        ingest_server = server if args.in_process else ServerProcess(url, root)
+        ingest_server = server if args.in_process else ServerProcess(url, root, args.workers)
         try:
             sale = sale_template(root) if args.payload != "adjustment" else None
             kinds = {"adjustment": [None], "sale": [sale], "both": [None, sale]}[args.payload]
             for run in range(args.runs):
                 for template in kinds:
-                    bench_ingest(store, ingest_server, root, args.events, dsn, run, template)
+                    bench_ingest(
+                        store, ingest_server, root, args.events, dsn, run, template, args.tills
+                    )
         finally:
             if ingest_server is not server:
                 ingest_server.stop()

@@ -50,6 +50,13 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8740)
     p.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="request size limit")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes serving the port (default 1; above 1 needs PostgreSQL): one core each",
+    )
+    p.add_argument(
         "--snapshot-every",
         type=float,
         default=300.0,
@@ -235,15 +242,43 @@ def _serve(args: argparse.Namespace, store: Any) -> int:
         return _fail("--port must be between 0 and 65535", 2)
     if not 0 <= args.snapshot_every <= 86_400:
         return _fail("--snapshot-every must be between 0 and 86400 seconds", 2)
+    from sync.server.workers import MAX_WORKERS, WORKER_ENV, worker_options
+
+    if not 1 <= args.workers <= MAX_WORKERS:
+        return _fail(f"--workers must be between 1 and {MAX_WORKERS}", 2)
+    if args.workers > 1 and store.is_sqlite:
+        return _fail(
+            "--workers above 1 needs a PostgreSQL database (--db postgresql+psycopg://...): "
+            "SQLite takes one writer at a time",
+            2,
+        )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    workers = f", {args.workers} worker processes" if args.workers > 1 else ""
     print(
         f"pos-loyalty server on http://{args.host}:{args.port}/v1/sync "
-        f"(database {store.engine.url.render_as_string(hide_password=True)})",
+        f"(database {store.engine.url.render_as_string(hide_password=True)}{workers})",
         flush=True,
     )
     _warm_snapshots(store, args.snapshot_every)
+    if args.workers > 1:
+        # uvicorn's supervisor: it binds the port here, spawns the workers (each builds its
+        # own store and app: ``sync.server.workers``), restarts one that dies, and stops
+        # them on SIGINT/SIGTERM. This process keeps the bootstrap snapshots warm.
+        os.environ[WORKER_ENV] = worker_options(
+            store.engine.url.render_as_string(hide_password=False), args.max_body
+        )
+        uvicorn.run(
+            "sync.server.workers:worker_app",
+            factory=True,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            access_log=False,
+            log_level="warning",
+        )
+        return 0
     app = create_server_app(store, max_body_bytes=args.max_body)
     # Everything loaded so far (modules, schemas, the app) lives as long as the process: out
     # of the cyclic collector's way, so that its full collections, which a busy ingest

@@ -682,6 +682,12 @@ class ServerStore:
                     known[ev.id] = _Known(ev.id, digest, ev.payload)
                     results.append({"id": ev.id, "seq": ev.seq, "status": Status.ACCEPTED})
                 new_chain.append(slot)
+            if new_events:
+                # Before the merchant row lock below: the fold locks only the balance rows it
+                # changes (in key order), so pushes of the merchant's other tills fold at the
+                # same time unless they share customers; the lock is held from there to the
+                # commit, and that stretch is what the merchant's pushes take in turn.
+                self._fold(conn, m, new_events, received, parsed)
             if new_chain:
                 last = conn.execute(
                     update(schema.merchants)
@@ -704,7 +710,6 @@ class ServerStore:
                 reused: dict[str, str] = {}
                 if new_events:
                     self._insert_rows(conn, schema.events, new_events)
-                    self._fold(conn, m, new_events, received, parsed)
                     # After the merchant row lock above: coupon uses of concurrent pushes of
                     # the merchant are decided in commit order ("first ingested wins").
                     reused = self._coupon_uses(conn, m, new_events, received, conflicts)
@@ -939,38 +944,33 @@ class ServerStore:
         at: str,
         parsed: dict[int, Any],
     ) -> None:
-        """Balances: the sum of postings (order-independent); overdrafts flagged."""
-        customers = sorted({r["customer_id"] for r in rows if r["customer_id"]})
-        current: dict[tuple[str, str, str], tuple[int, bool]] = {}
-        b = schema.balances
+        """Balances: the sum of postings (order-independent); overdrafts flagged.
+
+        Safe beside concurrent pushes of the same merchant without its row lock: on
+        PostgreSQL one upsert adds each touched balance's batch total to its row (``balance
+        = balance + total``) and returns the new value, locking the rows in key order, so
+        two pushes that share customers fold one after the other (the second sees the
+        first's committed balance) and never deadlock (every push takes its till's row, then
+        balance rows in key order, then the merchant's row). SQLite has one writer at a
+        time: it reads the balances and writes the changed ones."""
+        totals: dict[tuple[str, str, str], int] = {}  # (customer, program, unit) -> delta
+        for r in rows:
+            customer = r["customer_id"]
+            if not customer:
+                continue
+            for p in parsed[r["seq"]]["p"]:
+                key = (customer, p["program"], p["unit"])
+                totals[key] = totals.get(key, 0) + int(p["delta"])
+        if not totals:
+            return
         if self.is_sqlite:
-            found: list[Any] = []
-            for chunk in _chunks(customers):
-                found.extend(
-                    conn.execute(
-                        select(
-                            b.c.customer_id, b.c.program, b.c.unit, b.c.balance, b.c.overdraft
-                        ).where(b.c.merchant_id == merchant_id, b.c.customer_id.in_(chunk))
-                    )
-                )
+            before = self._balances_of(conn, merchant_id, sorted({k[0] for k in totals}))
         else:
-            found = list(
-                # A join with the unnested array, not ``customer_id = ANY(array)``: on a
-                # small or freshly updated table the planner picks a sequential scan and
-                # ``= ANY`` then compares every row with every element (this read grew
-                # from 0.01 s to 0.3 s per 10,000 events as the table's first 3,000 rows
-                # were updated); the join hashes the array once.
-                conn.exec_driver_sql(
-                    "SELECT b.customer_id, b.program, b.unit, b.balance, b.overdraft"
-                    " FROM unnest(%(c)s::text[]) AS c(id)"
-                    " JOIN balances AS b ON b.customer_id = c.id"
-                    " WHERE b.merchant_id = %(m)s",
-                    {"m": merchant_id, "c": _pg_text_array(customers)},
-                ).all()
-            )
-        for c, p, u, v, f in found:
-            current[(c, p, u)] = (v, f)
-        before = dict(current)
+            before = {
+                key: (value - totals[key], flag)
+                for key, (value, flag) in self._add_to_balances(conn, merchant_id, totals).items()
+            }
+        current = dict(before)
         flagged: list[dict[str, Any]] = []
         sale = Kind.SALE_COMMITTED.value
         for r in rows:
@@ -996,55 +996,87 @@ class ServerStore:
                         }
                     )
                 current[key] = (value, flag)
-        # Written once per (customer, program, unit) the batch touched.
-        changed = [(k, vf) for k, vf in current.items() if before.get(k) != vf]
-        self._insert_rows(
-            conn,
-            b,
-            [
-                {
-                    "merchant_id": merchant_id,
-                    "customer_id": c,
-                    "program": p,
-                    "unit": u,
-                    "balance": v,
-                    "overdraft": f,
-                }
-                for (c, p, u), (v, f) in changed
-                if (c, p, u) not in before
-            ],
+        b = schema.balances
+        where = (
+            b.c.merchant_id == merchant_id,
+            b.c.customer_id == bp("c"),
+            b.c.program == bp("p"),
+            b.c.unit == bp("u"),
         )
-        updates = [(c, p, u, v, f) for (c, p, u), (v, f) in changed if (c, p, u) in before]
-        if updates and not self.is_sqlite:
-            # One statement: a JSON document of rows, expanded by the server.
-            conn.exec_driver_sql(
-                "UPDATE balances AS b SET balance = (r->>3)::bigint,"
-                " overdraft = (r->>4)::boolean FROM jsonb_array_elements(%(rows)s::jsonb) AS r"
-                " WHERE b.merchant_id = %(m)s AND b.customer_id = r->>0 AND b.program = r->>1"
-                " AND b.unit = r->>2",
-                {
-                    "m": merchant_id,
-                    # orjson: ~10x faster than json.dumps for these ~1,000-3,000 rows of
-                    # str/int/bool (PostgreSQL parses either the same).
-                    "rows": orjson.dumps(updates).decode(),
-                },
-            )
-        elif updates:
-            conn.execute(
-                update(b)
-                .where(
-                    b.c.merchant_id == bp("m"),
-                    b.c.customer_id == bp("c"),
-                    b.c.program == bp("p"),
-                    b.c.unit == bp("u"),
-                )
-                .values(balance=bp("v"), overdraft=bp("f")),
+        if self.is_sqlite:
+            changed = [(k, vf) for k, vf in current.items() if before.get(k) != vf]
+            self._insert_rows(
+                conn,
+                b,
                 [
-                    {"m": merchant_id, "c": c, "p": p, "u": u, "v": v, "f": f}
-                    for c, p, u, v, f in updates
+                    {
+                        "merchant_id": merchant_id,
+                        "customer_id": c,
+                        "program": p,
+                        "unit": u,
+                        "balance": v,
+                        "overdraft": f,
+                    }
+                    for (c, p, u), (v, f) in changed
+                    if (c, p, u) not in before
                 ],
             )
+            updates = [(k, vf) for k, vf in changed if k in before]
+            if updates:
+                conn.execute(
+                    update(b).where(*where).values(balance=bp("v"), overdraft=bp("f")),
+                    [{"c": c, "p": p, "u": u, "v": v, "f": f} for (c, p, u), (v, f) in updates],
+                )
+        else:
+            # The balances are already added up; only a new overdraft flag is left to write.
+            raised = [k for k, (_, f) in current.items() if f and not before[k][1]]
+            if raised:
+                conn.execute(
+                    update(b).where(*where).values(overdraft=True),
+                    [{"c": c, "p": p, "u": u} for c, p, u in raised],
+                )
         self._insert_rows(conn, schema.overdrafts, flagged)
+
+    def _balances_of(
+        self, conn: Connection, merchant_id: str, customers: list[str]
+    ) -> dict[tuple[str, str, str], tuple[int, bool]]:
+        """(balance, overdraft) of every balance row of ``customers`` (SQLite)."""
+        b = schema.balances
+        found: dict[tuple[str, str, str], tuple[int, bool]] = {}
+        for chunk in _chunks(customers):
+            for c, p, u, v, f in conn.execute(
+                select(b.c.customer_id, b.c.program, b.c.unit, b.c.balance, b.c.overdraft).where(
+                    b.c.merchant_id == merchant_id, b.c.customer_id.in_(chunk)
+                )
+            ):
+                found[(c, p, u)] = (v, bool(f))
+        return found
+
+    def _add_to_balances(
+        self, conn: Connection, merchant_id: str, totals: dict[tuple[str, str, str], int]
+    ) -> dict[tuple[str, str, str], tuple[int, bool]]:
+        """PostgreSQL: add each total to its balance row (a new row for a new one) in one
+        statement, rows in key order; (balance, overdraft) after, by key. (A balance read
+        followed by an update of the changed rows was two statements and needed the
+        merchant's lock to be safe.)"""
+        keys = sorted(totals)
+        found = conn.exec_driver_sql(
+            "INSERT INTO balances AS b (merchant_id, customer_id, program, unit, balance,"
+            " overdraft) SELECT %(m)s, r.c, r.p, r.u, r.d, false"
+            " FROM unnest(%(c)s::text[], %(p)s::text[], %(u)s::text[], %(d)s::bigint[])"
+            " AS r(c, p, u, d)"
+            " ON CONFLICT (merchant_id, customer_id, program, unit)"
+            " DO UPDATE SET balance = b.balance + excluded.balance"
+            " RETURNING b.customer_id, b.program, b.unit, b.balance, b.overdraft",
+            {
+                "m": merchant_id,
+                "c": _pg_text_array([k[0] for k in keys]),
+                "p": _pg_text_array([k[1] for k in keys]),
+                "u": _pg_text_array([k[2] for k in keys]),
+                "d": "{" + ",".join(str(totals[k]) for k in keys) + "}",
+            },
+        ).all()
+        return {(c, p, u): (v, bool(f)) for c, p, u, v, f in found}
 
     # -- reads -----------------------------------------------------------------------------
     @contextmanager
