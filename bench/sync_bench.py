@@ -3,7 +3,7 @@
 1. Server ingest over HTTP into PostgreSQL (events/s) against a raw psycopg ``executemany``
    of the same rows into a table of the same shape, in the same run: both and the ratio
    (target >= 0.5).
-   The pushing tills (``--tills``, 2 by default) send at once, their requests encoded
+   The pushing tills (``--tills``, 4 by default) send at once, their requests encoded
    before the clock starts (as the baseline's rows are built before its clock starts); the
    server runs ``--workers`` processes (default: one per core).
 2. Catch-up: a till with N waiting events pushes them all (target <= 1 s for 10,000), its
@@ -488,7 +488,7 @@ def main() -> int:
         " core)",
     )
     parser.add_argument(
-        "--tills", type=int, default=2, help="tills pushing at once in the ingest figure"
+        "--tills", type=int, default=4, help="tills pushing at once in the ingest figure"
     )
     args = parser.parse_args()
     pg = None if args.pg else Postgres()

@@ -71,6 +71,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import bindparam as bp
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
 
 from pos_loyalty.config import ConfigError, load_programs_text
 from pos_loyalty.domain.events import Kind
@@ -224,6 +225,13 @@ class ServerStore:
         self.url = url
         self.engine = make_server_engine(url)
         self.is_sqlite = url.startswith("sqlite")
+        # What a refused row raises: through SQLAlchemy, or from psycopg's COPY (``_insert_rows``
+        # writes on the driver's own cursor, which SQLAlchemy does not wrap).
+        self._refused_row: tuple[type[Exception], ...] = (IntegrityError,)
+        if not self.is_sqlite:
+            import psycopg
+
+            self._refused_row = (IntegrityError, psycopg.IntegrityError)
         migrate(self.engine)
         self.snapshots = SnapshotCache()  # bootstrap snapshots, per process (``snapshots``)
         # terminal -> (what it reported, monotonic time written): ``note_round``'s throttle.
@@ -493,7 +501,34 @@ class ServerStore:
                 )
             parsed[ev.seq] = payload
         received = now_iso()
-        m = auth.merchant_id
+        try:
+            return self._store_batch(auth, evs, parsed, received, look_up_all=False)
+        except self._refused_row:
+            # An event this batch brought as new has an id the merchant holds already (a
+            # till restored from a backup, a buggy or hostile one, an expiry another till
+            # stored a moment ago): nothing was written; again, looking every id up first.
+            return self._store_batch(auth, evs, parsed, received, look_up_all=True)
+
+    def _store_batch(
+        self,
+        auth: TillAuth,
+        evs: Sequence[WireEvent],
+        parsed: dict[int, Any],
+        received: str,
+        *,
+        look_up_all: bool,
+    ) -> dict[str, Any]:
+        """Store a checked batch in one transaction; the answer as a ``PushResponse`` dict.
+
+        Which ids are looked up in the by-id store first: with ``look_up_all``, every one;
+        else only those that can be there in the normal run of things (a resend or a re-used
+        seq, at or behind the till's head; an expiry, whose id another till derives from the
+        same lot). A new event of any other kind has a fresh UUIDv7: if its id is stored
+        after all, the events table's primary key refuses the row, the transaction rolls
+        back (IntegrityError) and the caller runs this again with ``look_up_all``. That
+        saves a look-up per event in every ordinary batch (about 8 ms per 1,000 events on
+        PostgreSQL)."""
+        t, m = auth.terminal_id, auth.merchant_id
         with self.engine.begin() as conn:
             term = conn.execute(
                 select(schema.terminals).where(schema.terminals.c.id == t).with_for_update()
@@ -522,6 +557,9 @@ class ServerStore:
                 )
             ):
                 slots[other.seq][bytes(other.hash)] = other.status
+            if not look_up_all:
+                expired = Kind.POINTS_EXPIRED.value
+                ids = [ev.id for ev in evs if ev.seq <= head_seq or ev.kind == expired]
             known: dict[str, Any] = {row.id: row for row in self._known_events(conn, m, ids)}
             results: list[dict[str, Any]] = []  # built once, as EventResult, at the end
             new_chain: list[dict[str, Any]] = []
