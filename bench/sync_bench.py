@@ -122,7 +122,8 @@ class ServerProcess:
         repo = Path(__file__).resolve().parent.parent
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pos_loyalty.cli", "--data-dir", str(root / "server")]
-            + ["server", "--db", url, "--port", str(self.port), "--workers", str(workers)],
+            + ["server", "--db", url, "--port", str(self.port)]
+            + (["--workers", str(workers)] if workers != 1 else []),
             cwd=repo,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -28,10 +28,12 @@ Ingest is one transaction per batch:
    and the till records the conflict locally.
 
 Cost (PostgreSQL): a batch is a handful of statements whatever its size — look-ups by one
-array parameter, event rows (and the few other chain slots) by ``COPY``, the balance
-projection folded in Python and written once per (customer, program, unit) the batch
-touched (one ``UPDATE`` from a JSON document, a ``COPY`` of new rows). The HTTP answer is
-encoded straight from the results (``ingest_json``), with no model pass.
+array parameter (only of the ids that can be stored already: ``_store_batch``), event rows
+(and the few other chain slots) by ``COPY``, and the balance projection: the batch's total
+per (customer, program, unit) added in one upsert that returns the new balances (before
+the merchant's lock, so the pushes of a merchant's tills fold at the same time; ``_fold``),
+overdrafts worked out in Python from those. The HTTP answer is encoded straight from the
+results (``ingest_json``), with no model pass.
 """
 
 from __future__ import annotations
