@@ -242,7 +242,7 @@ def _serve(args: argparse.Namespace, store: Any) -> int:
         return _fail("--port must be between 0 and 65535", 2)
     if not 0 <= args.snapshot_every <= 86_400:
         return _fail("--snapshot-every must be between 0 and 86400 seconds", 2)
-    from sync.server.workers import MAX_WORKERS, WORKER_ENV, worker_options
+    from sync.server.workers import LOG_FORMAT, MAX_WORKERS, WORKER_ENV, worker_options
 
     if not 1 <= args.workers <= MAX_WORKERS:
         return _fail(f"--workers must be between 1 and {MAX_WORKERS}", 2)
@@ -252,9 +252,7 @@ def _serve(args: argparse.Namespace, store: Any) -> int:
             "SQLite takes one writer at a time",
             2,
         )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     workers = f", {args.workers} worker processes" if args.workers > 1 else ""
     print(
         f"pos-loyalty server on http://{args.host}:{args.port}/v1/sync "

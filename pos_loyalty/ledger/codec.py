@@ -70,14 +70,17 @@ def payload_of(event: Event) -> str:
     return canonical({"p": [p.to_json() for p in event.postings], "d": dict(event.data)}).decode()
 
 
-def event_from_row(row: Any, dicts: Dictionaries | None = None) -> Event:
+def event_from_row(row: Any, dicts: Dictionaries | None = None, *, strict: bool = False) -> Event:
     """The event of an ``events`` row (stored payload) or of a wire event (payload text).
 
-    Raises ValueError for a payload that is not exactly ``{"p": ..., "d": ...}``: the chain
-    hash covers only those two, so anything else in it would be content no hash vouches
-    for (the server refuses such a push the same way, ``sync.protocol``)."""
+    ``strict`` (``ledger verify``): raises ValueError for a payload that is not exactly
+    ``{"p": ..., "d": ...}``: the chain hash covers only those two, so anything else in it
+    is content no hash vouches for (the server refuses such a push the same way,
+    ``sync.protocol``). Everywhere else such a key is ignored, as it always was: a server
+    that ran an older release may hold such an event, and refusing it on a pull would stop
+    every till's pull at it for good."""
     payload = json.loads(decode_payload(row.payload, dicts))
-    if type(payload) is not dict or payload.keys() != {"p", "d"}:
+    if strict and (type(payload) is not dict or payload.keys() != {"p", "d"}):
         keys = sorted(payload) if type(payload) is dict else type(payload).__name__
         raise ValueError(f"the payload must hold exactly the keys 'd' and 'p', not {keys}")
     return Event.from_body(

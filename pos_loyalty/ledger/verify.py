@@ -145,7 +145,7 @@ class _ChainCheck:
         last, stubs = self.last, self.stubs
         for row in rows:
             try:
-                ev = event_from_row(row, dicts)
+                ev = event_from_row(row, dicts, strict=True)
             except (ValueError, KeyError, TypeError) as exc:
                 return self.fail(f"cannot be decoded ({exc})", row)
             seq, prev, prev_id = last.get(row.terminal_id, (0, GENESIS, ""))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import signal
 import threading
@@ -32,6 +33,7 @@ from .store import ServerStore
 
 WORKER_ENV = "POS_LOYALTY_SERVER_WORKER"
 MAX_WORKERS = 64
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def worker_options(db_url: str, max_body_bytes: int) -> str:
@@ -44,6 +46,8 @@ def worker_options(db_url: str, max_body_bytes: int) -> str:
 def worker_app() -> ASGIApp:
     """The app of one worker process (a uvicorn factory: ``sync.server.workers:worker_app``)."""
     options = json.loads(os.environ[WORKER_ENV])
+    # A spawned process starts without the parent's logging set-up: the same one here.
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     store = ServerStore(options["db"])
     app = create_server_app(store, max_body_bytes=int(options["max_body"]))
     _stop_with_parent(int(options["parent"]))

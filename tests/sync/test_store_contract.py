@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from pos_loyalty.domain.events import Event, Kind, Posting, Unit
 from pos_loyalty.domain.ids import expiry_event_id, uuid7
@@ -17,8 +18,9 @@ from pos_loyalty.ledger.codec import chain_hash, payload_of
 from pos_loyalty.ledger.replication import Answer, Replica, StoredEvent
 from pos_loyalty.ledger.store import Ledger
 from pos_loyalty.ledger.verify import verify
-from sync.client import _wire
+from sync.client import _stored, _wire
 from sync.protocol import PushRequest, Status, WireEvent
+from sync.server import schema as server_schema
 from sync.server.store import ServerStore, SyncError, TillAuth
 
 AT = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -121,6 +123,30 @@ def test_a_reused_id_inside_an_ordinary_batch_is_answered_as_a_look_up_would(
     assert [p.event.id for p in pulled] == [taken.id] + [
         e.id for i, e in enumerate(batch) if i != 2
     ]
+
+
+def test_a_stored_payload_with_an_extra_key_is_still_pulled(
+    store: ServerStore, tmp_path: Path
+) -> None:
+    """A server of an older release accepted a payload with a key besides ``p`` and ``d``
+    (the hash covers only those two). Tills pulling it apply it and move on, as before;
+    only ``ledger verify`` names it (tests/ledger/test_tamper.py)."""
+    a = till_ledger(tmp_path, "t1")
+    events = append(a, [credit("t1", "c1", 10), credit("t1", "c1", 5)])
+    push(store, auth_for(store, "t1"), events)
+    body = json.loads(events[0].payload)
+    body["x"] = 1
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(server_schema.events)
+            .where(server_schema.events.c.id == events[0].id)
+            .values(payload=json.dumps(body, sort_keys=True, separators=(",", ":")))
+        )
+    page = store.pull(auth_for(store, "t2"), None, 100)
+    replica = Replica(till_ledger(tmp_path, "t2"))
+    applied = replica.apply_pulled((_stored(p.event) for p in page.events), [], page.cursor)
+    assert applied.applied == 2
+    assert replica.state().cursor == page.cursor
 
 
 def test_gap_is_refused_with_the_servers_head(store: ServerStore, tmp_path: Path) -> None:
