@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from pos_loyalty.domain.events import Event, Kind, Posting, Unit
-from pos_loyalty.domain.ids import expiry_event_id, uuid7
+from pos_loyalty.domain.ids import expiry_event_id, lot_id, uuid7
 from pos_loyalty.ledger.codec import chain_hash, payload_of
 from pos_loyalty.ledger.replication import Answer, Replica, StoredEvent
 from pos_loyalty.ledger.store import Ledger
@@ -147,6 +148,60 @@ def test_a_stored_payload_with_an_extra_key_is_still_pulled(
     applied = replica.apply_pulled((_stored(p.event) for p in page.events), [], page.cursor)
     assert applied.applied == 2
     assert replica.state().cursor == page.cursor
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_the_same_expiry_pushed_by_two_tills_at_once_counts_once(
+    store: ServerStore, tmp_path: Path
+) -> None:
+    """Both pushes miss the expiry in the id look-up (neither has committed) and wait in
+    the fold on the customer's balance row; the second's events key then refuses the row,
+    and its batch is stored again with every id looked up: superseded, answered duplicate.
+    (Before the retry, the second push failed with a server error and had to be resent.)"""
+    a, b = till_ledger(tmp_path, "t1"), till_ledger(tmp_path, "t2")
+    auth_a, auth_b = auth_for(store, "t1"), auth_for(store, "t2")
+    push(store, auth_a, append(a, [credit("t1", "c1", 10)]))
+    lot = lot_id(uuid7(), "points")
+
+    def expiry(terminal: str, amount: int) -> Event:
+        return Event(
+            expiry_event_id(lot),
+            Kind.POINTS_EXPIRED,
+            terminal,
+            AT,
+            "c1",
+            postings=(Posting("points", Unit.POINTS, -amount, lot=lot),),
+            data={"lot": lot},
+        )
+
+    batches = {"t1": append(a, [expiry("t1", 4)])[-1:], "t2": append(b, [expiry("t2", 6)])}
+    answers: dict[str, object] = {}
+    blocker = store.engine.connect()  # holds the balance row until both pushes wait on it
+    held = blocker.begin()
+    blocker.execute(text("SELECT * FROM balances WHERE customer_id = 'c1' FOR UPDATE")).all()
+
+    def run(terminal: str, auth: TillAuth) -> None:
+        try:
+            answers[terminal] = push(store, auth, batches[terminal])
+        except BaseException as exc:  # noqa: BLE001 - compared below
+            answers[terminal] = exc
+
+    threads = [
+        threading.Thread(target=run, args=("t1", auth_a)),
+        threading.Thread(target=run, args=("t2", auth_b)),
+    ]
+    for th in threads:
+        th.start()
+    time.sleep(1.0)
+    held.rollback()
+    blocker.close()
+    for th in threads:
+        th.join(30)
+    assert sorted(map(str, answers.values())) == sorted(
+        [str([Status.ACCEPTED]), str([Status.DUPLICATE])]
+    ), answers
+    winner = 4 if answers["t1"] == [Status.ACCEPTED] else 6
+    assert store.balances("m1") == {("c1", "points", "points"): 10 - winner}
 
 
 def test_gap_is_refused_with_the_servers_head(store: ServerStore, tmp_path: Path) -> None:
