@@ -722,12 +722,13 @@ class ServerStore:
                     known[ev.id] = _Known(ev.id, digest, ev.payload)
                     results.append({"id": ev.id, "seq": ev.seq, "status": Status.ACCEPTED})
                 new_chain.append(slot)
+            overdrawn: list[dict[str, Any]] = []
             if new_events:
                 # Before the merchant row lock below: the fold locks only the balance rows it
                 # changes (in key order), so pushes of the merchant's other tills fold at the
                 # same time unless they share customers; the lock is held from there to the
                 # commit, and that stretch is what the merchant's pushes take in turn.
-                self._fold(conn, m, new_events, received, parsed)
+                overdrawn = self._fold(conn, m, new_events, received, parsed)
             if new_chain:
                 last = conn.execute(
                     update(schema.merchants)
@@ -753,6 +754,8 @@ class ServerStore:
                     # After the merchant row lock above: coupon uses of concurrent pushes of
                     # the merchant are decided in commit order ("first ingested wins").
                     reused = self._coupon_uses(conn, m, new_events, received, conflicts)
+                    # Under the lock too: ``server overdrafts`` (by id) lists in commit order.
+                    self._insert_rows(conn, schema.overdrafts, overdrawn)
                 for r in results:
                     if r["status"] is Status.ACCEPTED and r.get("reason") is None:
                         r["server_seq"] = by_id.get(r["id"])
@@ -983,7 +986,7 @@ class ServerStore:
         rows: list[dict[str, Any]],
         at: str,
         parsed: dict[int, Any],
-    ) -> None:
+    ) -> list[dict[str, Any]]:
         """Balances: the sum of postings (order-independent); overdrafts flagged.
 
         Safe beside concurrent pushes of the same merchant without its row lock: on
@@ -992,7 +995,8 @@ class ServerStore:
         two pushes that share customers fold one after the other (the second sees the
         first's committed balance) and never deadlock (every push takes its till's row, then
         balance rows in key order, then the merchant's row). SQLite has one writer at a
-        time: it reads the balances and writes the changed ones."""
+        time: it reads the balances and writes the changed ones. Returns the ``overdrafts``
+        rows of the sales that took a points balance below zero (the caller writes them)."""
         totals: dict[tuple[str, str, str], int] = {}  # (customer, program, unit) -> delta
         for r in rows:
             customer = r["customer_id"]
@@ -1002,7 +1006,7 @@ class ServerStore:
                 key = (customer, p["program"], p["unit"])
                 totals[key] = totals.get(key, 0) + int(p["delta"])
         if not totals:
-            return
+            return []
         if self.is_sqlite:
             before = self._balances_of(conn, merchant_id, sorted({k[0] for k in totals}))
         else:
@@ -1075,7 +1079,7 @@ class ServerStore:
                     update(b).where(*where).values(overdraft=True),
                     [{"c": c, "p": p, "u": u} for c, p, u in raised],
                 )
-        self._insert_rows(conn, schema.overdrafts, flagged)
+        return flagged
 
     def _balances_of(
         self, conn: Connection, merchant_id: str, customers: list[str]
