@@ -18,6 +18,7 @@ import pytest
 
 from pos_loyalty.cli import main
 from pos_loyalty.service import Profile
+from sync.bootstrap import bootstrap
 from sync.server.store import ServerStore
 
 from .conftest import Postgres, Till, free_port
@@ -170,6 +171,13 @@ def test_tills_pushing_at_once_through_two_workers_converge(
         assert sum(on_server[(c, "points", "points")] for c in customers) == 8 * 50 + 3 * sum(
             1 + i % 5 for i in range(600)
         )
+        # A new till starts from the snapshot a worker serves (folded from the one the
+        # supervisor keeps saved, plus what came after it): the same balances.
+        fresh = make_till("till-new")
+        creds = pair_till(admin, fresh, server.url)
+        loaded = bootstrap(fresh.replica, creds, page=3)
+        assert loaded.customers == 8
+        assert till_balances(fresh) == nonzero(on_server)
         workers = server.workers()
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(30) == 0
