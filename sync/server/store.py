@@ -991,55 +991,56 @@ class ServerStore:
 
         Safe beside concurrent pushes of the same merchant without its row lock: on
         PostgreSQL one upsert adds each touched balance's batch total to its row (``balance
-        = balance + total``) and returns the new value, locking the rows in key order, so
-        two pushes that share customers fold one after the other (the second sees the
-        first's committed balance) and never deadlock (every push takes its till's row, then
-        balance rows in key order, then the merchant's row). SQLite has one writer at a
-        time: it reads the balances and writes the changed ones. Returns the ``overdrafts``
-        rows of the sales that took a points balance below zero (the caller writes them)."""
+        = balance + total``), locking the rows in key order, so two pushes that share
+        customers fold one after the other (the second sees the first's committed balance)
+        and never deadlock (every push takes its till's row, then balance rows in key order,
+        then the merchant's row). SQLite has one writer at a time: it reads the balances and
+        writes the changed ones. Returns the ``overdrafts`` rows of the sales that took a
+        points balance below zero (the caller writes them).
+
+        One pass over the postings adds up the totals and notes, for each points debit of a
+        sale (the only postings that can be flagged), the running total of its balance in
+        this batch after it; the balance after that posting is then the balance before the
+        batch plus that running total."""
         totals: dict[tuple[str, str, str], int] = {}  # (customer, program, unit) -> delta
-        for r in rows:
-            customer = r["customer_id"]
-            if not customer:
-                continue
-            for p in parsed[r["seq"]]["p"]:
-                key = (customer, p["program"], p["unit"])
-                totals[key] = totals.get(key, 0) + int(p["delta"])
-        if not totals:
-            return []
-        if self.is_sqlite:
-            before = self._balances_of(conn, merchant_id, sorted({k[0] for k in totals}))
-        else:
-            before = {
-                key: (value - totals[key], flag)
-                for key, (value, flag) in self._add_to_balances(conn, merchant_id, totals).items()
-            }
-        current = dict(before)
-        flagged: list[dict[str, Any]] = []
+        debits: list[tuple[tuple[str, str, str], int, dict[str, Any]]] = []
         sale = Kind.SALE_COMMITTED.value
         for r in rows:
             customer = r["customer_id"]
             if not customer:
                 continue
+            is_sale = r["kind"] == sale
             for p in parsed[r["seq"]]["p"]:
                 key = (customer, p["program"], p["unit"])
-                value, flag = current.get(key, (0, False))
                 delta = int(p["delta"])
-                value += delta
-                if value < 0 and delta < 0 and p["unit"] == "points" and r["kind"] == sale:
-                    flag = True
-                    flagged.append(
-                        {
-                            "merchant_id": merchant_id,
-                            "customer_id": r["customer_id"],
-                            "program": p["program"],
-                            "event_id": r["id"],
-                            "terminal_id": r["terminal_id"],
-                            "balance_after": value,
-                            "flagged_at": at,
-                        }
-                    )
-                current[key] = (value, flag)
+                running = totals.get(key, 0) + delta
+                totals[key] = running
+                if is_sale and delta < 0 and key[2] == "points":
+                    debits.append((key, running, r))
+        if not totals:
+            return []
+        if self.is_sqlite:
+            before = self._balances_of(conn, merchant_id, sorted({k[0] for k in totals}))
+        else:
+            after = self._add_to_balances(conn, merchant_id, totals, returning=bool(debits))
+            before = {key: (after[key][0] - totals[key], after[key][1]) for key, _, _ in debits}
+        flagged: list[dict[str, Any]] = []
+        raised: set[tuple[str, str, str]] = set()  # keys flagged by this batch
+        for key, running, r in debits:
+            value = before.get(key, (0, False))[0] + running
+            if value < 0:
+                raised.add(key)
+                flagged.append(
+                    {
+                        "merchant_id": merchant_id,
+                        "customer_id": key[0],
+                        "program": key[1],
+                        "event_id": r["id"],
+                        "terminal_id": r["terminal_id"],
+                        "balance_after": value,
+                        "flagged_at": at,
+                    }
+                )
         b = schema.balances
         where = (
             b.c.merchant_id == merchant_id,
@@ -1048,36 +1049,39 @@ class ServerStore:
             b.c.unit == bp("u"),
         )
         if self.is_sqlite:
-            changed = [(k, vf) for k, vf in current.items() if before.get(k) != vf]
-            self._insert_rows(
-                conn,
-                b,
-                [
-                    {
-                        "merchant_id": merchant_id,
-                        "customer_id": c,
-                        "program": p,
-                        "unit": u,
-                        "balance": v,
-                        "overdraft": f,
-                    }
-                    for (c, p, u), (v, f) in changed
-                    if (c, p, u) not in before
-                ],
-            )
-            updates = [(k, vf) for k, vf in changed if k in before]
+            new_rows: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
+            for key, total in totals.items():
+                value, flag = before.get(key, (0, False))
+                now = (value + total, flag or key in raised)
+                if key not in before:
+                    c, p_, u = key
+                    new_rows.append(
+                        {
+                            "merchant_id": merchant_id,
+                            "customer_id": c,
+                            "program": p_,
+                            "unit": u,
+                            "balance": now[0],
+                            "overdraft": now[1],
+                        }
+                    )
+                elif now != (value, flag):
+                    updates.append(
+                        {"c": key[0], "p": key[1], "u": key[2], "v": now[0], "f": now[1]}
+                    )
+            self._insert_rows(conn, b, new_rows)
             if updates:
                 conn.execute(
-                    update(b).where(*where).values(balance=bp("v"), overdraft=bp("f")),
-                    [{"c": c, "p": p, "u": u, "v": v, "f": f} for (c, p, u), (v, f) in updates],
+                    update(b).where(*where).values(balance=bp("v"), overdraft=bp("f")), updates
                 )
         else:
             # The balances are already added up; only a new overdraft flag is left to write.
-            raised = [k for k, (_, f) in current.items() if f and not before[k][1]]
-            if raised:
+            newly = [k for k in raised if not before[k][1]]
+            if newly:
                 conn.execute(
                     update(b).where(*where).values(overdraft=True),
-                    [{"c": c, "p": p, "u": u} for c, p, u in raised],
+                    [{"c": c, "p": p, "u": u} for c, p, u in newly],
                 )
         return flagged
 
@@ -1097,21 +1101,31 @@ class ServerStore:
         return found
 
     def _add_to_balances(
-        self, conn: Connection, merchant_id: str, totals: dict[tuple[str, str, str], int]
+        self,
+        conn: Connection,
+        merchant_id: str,
+        totals: dict[tuple[str, str, str], int],
+        *,
+        returning: bool,
     ) -> dict[tuple[str, str, str], tuple[int, bool]]:
         """PostgreSQL: add each total to its balance row (a new row for a new one) in one
-        statement, rows in key order; (balance, overdraft) after, by key. (A balance read
+        statement, rows in key order; with ``returning``, (balance, overdraft) after, by key
+        (else {}: a batch without points debits has nothing to flag). (A balance read
         followed by an update of the changed rows was two statements and needed the
         merchant's lock to be safe.)"""
         keys = sorted(totals)
-        found = conn.exec_driver_sql(
+        result = conn.exec_driver_sql(
             "INSERT INTO balances AS b (merchant_id, customer_id, program, unit, balance,"
             " overdraft) SELECT %(m)s, r.c, r.p, r.u, r.d, false"
             " FROM unnest(%(c)s::text[], %(p)s::text[], %(u)s::text[], %(d)s::bigint[])"
             " AS r(c, p, u, d)"
             " ON CONFLICT (merchant_id, customer_id, program, unit)"
             " DO UPDATE SET balance = b.balance + excluded.balance"
-            " RETURNING b.customer_id, b.program, b.unit, b.balance, b.overdraft",
+            + (
+                " RETURNING b.customer_id, b.program, b.unit, b.balance, b.overdraft"
+                if returning
+                else ""
+            ),
             {
                 "m": merchant_id,
                 "c": _pg_text_array([k[0] for k in keys]),
@@ -1119,8 +1133,10 @@ class ServerStore:
                 "u": _pg_text_array([k[2] for k in keys]),
                 "d": "{" + ",".join(str(totals[k]) for k in keys) + "}",
             },
-        ).all()
-        return {(c, p, u): (v, bool(f)) for c, p, u, v, f in found}
+        )
+        if not returning:
+            return {}
+        return {(c, p, u): (v, bool(f)) for c, p, u, v, f in result}
 
     # -- reads -----------------------------------------------------------------------------
     @contextmanager
