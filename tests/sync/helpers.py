@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -99,3 +104,52 @@ def nonzero(balances: dict[tuple[str, str, str], int]) -> dict[tuple[str, str, s
 def event_ids(till: Till) -> set[str]:
     with till.service.ledger.reader() as tx:
         return {r.id for r in tx.conn.execute(select(schema.events.c.id))}
+
+
+def serve(
+    db_url: str, data_dir: Path, port: int, extra: Iterable[str] = (), timeout: float = 60.0
+) -> subprocess.Popen[bytes]:
+    """``pos-loyalty server --db URL --port N [extra]`` in a child process (output appended
+    to ``data_dir/server.log``), once it answers its health check."""
+    log_path = data_dir / "server.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pos_loyalty.cli", "--data-dir", str(data_dir), "server"]
+            + ["--db", db_url, "--port", str(port), *extra],
+            stdout=log,
+            stderr=log,
+        )
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited: {log_path.read_text()[-2000:]}")
+        try:
+            url = f"http://127.0.0.1:{port}/v1/sync/health"
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+
+
+def at_once(work: Callable[[Any], None], items: Iterable[Any]) -> None:
+    """``work(item)`` for every item, each in its own thread, all started before any is
+    joined; the first exception one raised is raised here."""
+    errors: list[BaseException] = []
+
+    def run(item: Any) -> None:
+        try:
+            work(item)
+        except BaseException as exc:  # noqa: BLE001 - raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(item,)) for item in items]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]

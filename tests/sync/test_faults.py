@@ -27,7 +27,6 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from pos_loyalty.config import embedded_default_text
@@ -44,6 +43,7 @@ from .helpers import (
     nonzero,
     pair_till,
     sale,
+    serve,
     sync_round,
     till_balances,
 )
@@ -172,25 +172,7 @@ class ServerProcess:
         data_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, timeout: float = 60.0) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pos_loyalty.cli", "--data-dir", str(self.data_dir)]
-                + ["server", "--db", self.db_url, "--port", str(self.port)],
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/v1/sync/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
+        self.proc = serve(self.db_url, self.data_dir, self.port, timeout=timeout)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +19,15 @@ from sync.bootstrap import bootstrap
 from sync.server.store import ServerStore
 
 from .conftest import Postgres, Till, free_port
-from .helpers import append_adjustments, nonzero, pair_till, sync_round, till_balances
+from .helpers import (
+    append_adjustments,
+    at_once,
+    nonzero,
+    pair_till,
+    serve,
+    sync_round,
+    till_balances,
+)
 
 
 class Workers:
@@ -32,26 +37,8 @@ class Workers:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.log = data_dir / "server.log"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pos_loyalty.cli", "--data-dir", str(data_dir), "server"]
-                + ["--db", db_url, "--port", str(self.port), "--workers", str(workers)],
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/v1/sync/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
+        self.proc = serve(db_url, data_dir, self.port, ["--workers", str(workers)])
+        deadline = time.monotonic() + 30
         # Health answered: the port is served; wait until every worker has started.
         while len(self.workers()) < workers and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -147,20 +134,11 @@ def test_tills_pushing_at_once_through_two_workers_converge(
                 till, [(customers[(n + i) % 8], 1 + i % 5) for i in range(600)], "workers"
             )
         results: dict[str, int] = {}
-        errors: list[BaseException] = []
 
         def push(till: Till) -> None:
-            try:
-                results[till.terminal_id] = sync_round(till, server.url).accepted
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
+            results[till.terminal_id] = sync_round(till, server.url).accepted
 
-        threads = [threading.Thread(target=push, args=(t,)) for t in tills]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert not errors, errors
+        at_once(push, tills)
         assert results == {t.terminal_id: 600 for t in tills}
         for till in tills:
             sync_round(till, server.url)  # pull what the others pushed

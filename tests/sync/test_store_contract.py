@@ -24,6 +24,8 @@ from sync.protocol import PushRequest, Status, WireEvent
 from sync.server import schema as server_schema
 from sync.server.store import ServerStore, SyncError, TillAuth
 
+from .helpers import at_once
+
 AT = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
 
@@ -40,6 +42,19 @@ def credit(terminal: str, customer: str, points: int) -> Event:
         customer,
         postings=(Posting("points", Unit.POINTS, points),),
         data={"reason": "test"},
+    )
+
+
+def expiry(terminal: str, lot: str, amount: int) -> Event:
+    """A points expiry of customer c1's ``lot``, with the id derived from the lot."""
+    return Event(
+        expiry_event_id(lot),
+        Kind.POINTS_EXPIRED,
+        terminal,
+        AT,
+        "c1",
+        postings=(Posting("points", Unit.POINTS, -amount, lot=lot),),
+        data={"lot": lot},
     )
 
 
@@ -163,18 +178,10 @@ def test_the_same_expiry_pushed_by_two_tills_at_once_counts_once(
     push(store, auth_a, append(a, [credit("t1", "c1", 10)]))
     lot = lot_id(uuid7(), "points")
 
-    def expiry(terminal: str, amount: int) -> Event:
-        return Event(
-            expiry_event_id(lot),
-            Kind.POINTS_EXPIRED,
-            terminal,
-            AT,
-            "c1",
-            postings=(Posting("points", Unit.POINTS, -amount, lot=lot),),
-            data={"lot": lot},
-        )
-
-    batches = {"t1": append(a, [expiry("t1", 4)])[-1:], "t2": append(b, [expiry("t2", 6)])}
+    batches = {
+        "t1": append(a, [expiry("t1", lot, 4)])[-1:],
+        "t2": append(b, [expiry("t2", lot, 6)]),
+    }
     answers: dict[str, object] = {}
     blocker = store.engine.connect()  # holds the balance row until both pushes wait on it
     held = blocker.begin()
@@ -303,19 +310,8 @@ def test_expiry_decided_twice_counts_once_and_the_loser_books_the_difference(
     rb.apply_pulled([StoredEvent(**{**_fields(p.event)}) for p in page.events], [], page.cursor)
     lot = f"{earn.id}/points"
 
-    def expiry(terminal: str, amount: int) -> Event:
-        return Event(
-            expiry_event_id(lot),
-            Kind.POINTS_EXPIRED,
-            terminal,
-            AT,
-            "c1",
-            postings=(Posting("points", Unit.POINTS, -amount, lot=lot),),
-            data={"lot": lot},
-        )
-
-    push(store, auth_a, append(a, [expiry("t1", 100)])[-1:])
-    sent = append(b, [expiry("t2", 70)])
+    push(store, auth_a, append(a, [expiry("t1", lot, 100)])[-1:])
+    sent = append(b, [expiry("t2", lot, 70)])
     request = PushRequest(terminal_id="t2", events=[WireEvent.model_validate(_wire(sent[-1]))])
     answer = store.ingest(auth_b, request)
     result = answer.results[0]
@@ -429,21 +425,12 @@ def test_concurrent_pushes_sharing_customers_add_up_and_flag_in_server_order(
             else:
                 events.append(credit(t, customer, rng.randint(1, 6)))
         batches[t] = append(till_ledger(tmp_path, t), events)
-    errors: list[BaseException] = []
 
     def write(t: str) -> None:
-        try:
-            for i in range(0, 60, 4):
-                assert set(push(store, auths[t], batches[t][i : i + 4])) == {Status.ACCEPTED}
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for i in range(0, 60, 4):
+            assert set(push(store, auths[t], batches[t][i : i + 4])) == {Status.ACCEPTED}
 
-    threads = [threading.Thread(target=write, args=(t,)) for t in tills]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
+    at_once(write, tills)
     pulled = store.pull(auth_for(store, "reader"), None, 1000).events
     assert [p.server_seq for p in pulled] == list(range(1, 241))
     balances: dict[tuple[str, str, str], int] = {}
