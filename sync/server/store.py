@@ -1208,18 +1208,15 @@ class ServerStore:
             # The next ``limit`` slots: accepted ones are ``events`` rows, the others
             # ``chain`` rows (s0005), read in one snapshot (a batch committing between the
             # two reads would otherwise leave a gap behind the cursor), merged by position.
-            accepted = conn.execute(
-                select(e)
-                .where(e.c.merchant_id == m, e.c.server_seq > position)
-                .order_by(e.c.server_seq)
-                .limit(limit)
-            ).all()
-            others = conn.execute(
-                select(c)
-                .where(c.c.merchant_id == m, c.c.server_seq > position)
-                .order_by(c.c.server_seq)
-                .limit(limit)
-            ).all()
+            accepted, others = (
+                conn.execute(
+                    select(t)
+                    .where(t.c.merchant_id == m, t.c.server_seq > position)
+                    .order_by(t.c.server_seq)
+                    .limit(limit)
+                ).all()
+                for t in (e, c)
+            )
             slots: list[tuple[int, bool, Any]] = list(
                 islice(
                     heapq.merge(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,7 +18,7 @@ from pos_loyalty.service import Profile
 from sync.bootstrap import bootstrap
 from sync.server.store import ServerStore
 
-from .conftest import Postgres, Till, free_port
+from .conftest import Till, free_port
 from .helpers import (
     append_adjustments,
     at_once,
@@ -96,32 +96,23 @@ def _gone(pids: list[int], timeout: float) -> bool:
     return True
 
 
-@pytest.fixture
-def pg_url(postgres: Postgres) -> str:
-    return postgres.new_database()
+# Worker processes need PostgreSQL: the conftest's ``db_url`` and ``store`` on it alone.
+on_postgres = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 
 
-@pytest.fixture
-def admin(pg_url: str) -> Iterator[ServerStore]:
-    store = ServerStore(pg_url)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
+@on_postgres
 def test_tills_pushing_at_once_through_two_workers_converge(
-    pg_url: str,
-    admin: ServerStore,
+    db_url: str,
+    store: ServerStore,
     make_till: Callable[..., Till],
     tmp_path: Path,
 ) -> None:
-    server = Workers(pg_url, tmp_path / "server", workers=2)
+    server = Workers(db_url, tmp_path / "server", workers=2)
     try:
         assert len(server.workers()) == 2
         tills = [make_till(f"till-{i}") for i in range(3)]
         for till in tills:
-            pair_till(admin, till, server.url)
+            pair_till(store, till, server.url)
         home = tills[0]
         customers = [
             str(home.service.enrol(Profile(name=f"C{i}"))["customer_id"]) for i in range(8)
@@ -142,7 +133,7 @@ def test_tills_pushing_at_once_through_two_workers_converge(
         assert results == {t.terminal_id: 600 for t in tills}
         for till in tills:
             sync_round(till, server.url)  # pull what the others pushed
-        on_server = admin.balances("m1")
+        on_server = store.balances("m1")
         for till in tills:
             assert till_balances(till) == nonzero(on_server)
         # 8 enrolments (+ their cards and welcome points) and 3 x 600 adjustments, once each.
@@ -152,7 +143,7 @@ def test_tills_pushing_at_once_through_two_workers_converge(
         # A new till starts from the snapshot a worker serves (folded from the one the
         # supervisor keeps saved, plus what came after it): the same balances.
         fresh = make_till("till-new")
-        creds = pair_till(admin, fresh, server.url)
+        creds = pair_till(store, fresh, server.url)
         loaded = bootstrap(fresh.replica, creds, page=3)
         assert loaded.customers == 8
         assert till_balances(fresh) == nonzero(on_server)
@@ -164,8 +155,9 @@ def test_tills_pushing_at_once_through_two_workers_converge(
         server.stop()
 
 
-def test_workers_stop_when_their_supervisor_is_killed(pg_url: str, tmp_path: Path) -> None:
-    server = Workers(pg_url, tmp_path / "server", workers=2)
+@on_postgres
+def test_workers_stop_when_their_supervisor_is_killed(db_url: str, tmp_path: Path) -> None:
+    server = Workers(db_url, tmp_path / "server", workers=2)
     workers = server.workers()
     try:
         assert len(workers) == 2
