@@ -25,7 +25,7 @@ from pos_loyalty.asgi import HTTP_ERROR_CODES, BodyLimit, error
 from pos_loyalty.domain.basket import Basket, BasketLine, Redemption, WalletPayment
 from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.domain.refund import RefundRequestLine
-from pos_loyalty.ledger.store import LedgerError
+from pos_loyalty.ledger.store import LedgerDamaged, LedgerError
 from pos_loyalty.service import Profile, RefundRequest, SaleRequest, Service
 from pos_loyalty.sse import events_router
 
@@ -184,6 +184,13 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
     @app.exception_handler(LedgerError)
     async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
         log.error("ledger unavailable: %s", exc)
+        if isinstance(exc, LedgerDamaged):
+            return error(
+                503,
+                "ledger_damaged",
+                "The till's ledger file is damaged; nothing was changed. Carry on without "
+                "loyalty and have the file checked (`pos-loyalty ledger verify`).",
+            )
         return error(503, "ledger_unavailable", "The till's ledger cannot be used right now.")
 
     @app.exception_handler(Exception)

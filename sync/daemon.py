@@ -25,7 +25,7 @@ from typing import IO, Any
 import httpx
 
 from pos_loyalty.ledger.replication import Credentials, Replica
-from pos_loyalty.ledger.store import Ledger
+from pos_loyalty.ledger.store import Ledger, LedgerError
 
 from .client import ProgramSink, RoundResult, SyncClient, SyncFailed
 
@@ -184,6 +184,14 @@ class SyncWorker:
                 wait = backoff(self._failures, self.backoff_base, self.backoff_cap)
                 self._failures += 1
                 log.warning("sync failed (%s); retrying in %.1f s", exc, wait)
+            except LedgerError as exc:
+                # Not the network: the till's own file (damaged, not a ledger). Retried
+                # rarely, without a traceback, in case it is restored meanwhile.
+                self._online = False
+                self._last_error = str(exc)
+                self._failures += 1
+                wait = self.backoff_cap
+                log.error("sync paused: the till's ledger cannot be used: %s", exc)
             except Exception as exc:  # noqa: BLE001 - the worker runs for months: log, back off
                 wait = backoff(self._failures, self.backoff_base, self.backoff_cap)
                 self._failures += 1

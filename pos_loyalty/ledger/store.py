@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, select
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 from pos_loyalty.domain.events import Event
 from pos_loyalty.domain.state import CustomerState, PointsAccount
@@ -56,6 +56,57 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 class LedgerError(Exception):
     """The ledger file cannot be used (corrupt, not a ledger, locked for too long)."""
+
+
+class LedgerDamaged(LedgerError):
+    """SQLite found the ledger file damaged while using it (a torn or overwritten page, a
+    disk fault): what was being done was rolled back, nothing was written."""
+
+
+# SQLite's result codes for a damaged file (``sqlite3.Error.sqlite_errorname``, Python 3.11;
+# extended codes such as SQLITE_CORRUPT_INDEX start with the primary one's name).
+_DAMAGE_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def damage_reason(exc: BaseException) -> str | None:
+    """SQLite's words when ``exc`` (sqlite3's, or SQLAlchemy's wrapping it) says the database
+    file is damaged, else None: a busy ledger, a constraint or a bug is not damage."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, sqlite3.DatabaseError):
+        name = getattr(orig, "sqlite_errorname", None) or ""
+        if name.startswith(_DAMAGE_CODES):
+            return str(orig)
+    return None
+
+
+def integrity_problems(raw: sqlite3.Connection, limit: int = 3) -> list[str]:
+    """The first ``limit`` problems SQLite's ``PRAGMA integrity_check`` finds in the file
+    (damaged pages, b-tree order, index entries that do not match their rows, ...); [] when
+    it is sound. Reads every page: for ``ledger verify`` and ``rebuild``, not the sale path."""
+    rows = raw.execute(f"PRAGMA integrity_check({int(limit)})").fetchall()
+    if [row[0] for row in rows] == ["ok"]:
+        return []
+    # One problem per line (a row may hold several), without the "*** in database main ***"
+    # heading: each becomes one line of a one-line message.
+    lines = (line.strip() for row in rows for line in str(row[0]).splitlines())
+    return [line for line in lines if line and not line.startswith("***")][:limit]
+
+
+@contextmanager
+def damage_is_a_ledger_error(path: Path) -> Iterator[None]:
+    """Turn SQLite's "the file is damaged" errors raised inside into ``LedgerDamaged``
+    naming the file and what to do; every other error passes unchanged."""
+    try:
+        yield
+    except (sqlite3.DatabaseError, DBAPIError) as exc:
+        reason = damage_reason(exc)
+        if reason is None:
+            raise
+        raise LedgerDamaged(
+            f"{path} is damaged ({reason}); nothing was changed. Stop using this till's "
+            "loyalty, check the file with `pos-loyalty ledger verify` and restore it from a "
+            "backup (or bootstrap the till again from the sync server)"
+        ) from exc
 
 
 class CardRow(NamedTuple):
@@ -331,7 +382,8 @@ class Ledger:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self.engine.begin() as conn:
+        # Damage found by any statement inside: rolled back (``begin``), then named.
+        with damage_is_a_ledger_error(self.path), self.engine.begin() as conn:
             tx = Tx(conn, self.terminal_id, self.states, writer=True, dicts=self.dicts)
             yield tx
         tx.dicts.publish()  # dictionaries it trained are stored now
@@ -344,6 +396,10 @@ class Ledger:
         makes before it queues for the write lock. Straight on a pooled DB-API connection
         (the engine's: same PRAGMAs, ``BEGIN`` issued here): SQLAlchemy's ``connect()``,
         ``begin()`` and their events cost ~15 us, more than the two by-key reads."""
+        with damage_is_a_ledger_error(self.path):
+            return self._receipt(key)
+
+    def _receipt(self, key: str) -> Receipt | None:
         pooled = self.engine.raw_connection()
         try:
             raw = cast(sqlite3.Connection, pooled.driver_connection)
@@ -358,7 +414,7 @@ class Ledger:
 
     @contextmanager
     def reader(self) -> Iterator[Tx]:
-        with self.engine.connect() as conn:
+        with damage_is_a_ledger_error(self.path), self.engine.connect() as conn:
             conn.execution_options(read_only=True)
             with conn.begin() as trans:
                 try:

@@ -28,7 +28,7 @@ from .snapshot import (
     stored_header,
     stored_pages,
 )
-from .store import Ledger, LedgerError
+from .store import Ledger, LedgerDamaged, LedgerError, integrity_problems
 
 
 @dataclass
@@ -74,6 +74,14 @@ def verify(ledger: Ledger, *, scratch_dir: Path | None = None) -> Report:
     folder = scratch_dir if scratch_dir is not None else ledger.path.parent
     with ledger.reader() as tx, tempfile.TemporaryDirectory(prefix=".verify-", dir=folder) as tmp:
         conn = tx.conn
+        # The file itself first: a damaged page can hide rows from every check below (a
+        # damaged index answers look-ups wrongly while a scan of its table looks fine).
+        damage = integrity_problems(tx.raw)
+        if damage:
+            report.problems.append(
+                Problem("the file is damaged; SQLite's integrity check says: " + "; ".join(damage))
+            )
+            return report
         # A bootstrapped till (``ledger.snapshot``) starts from a baseline: every till's chain
         # continues from its head at the snapshot, and the projections are rebuilt from the
         # baseline plus the events after it. The baseline must be complete and unedited.
@@ -261,6 +269,12 @@ def rebuild(ledger: Ledger) -> None:
     ``verify``: the events are folded one at a time with a bounded number of states."""
     with ledger.transaction() as tx:
         conn = tx.conn
+        damage = integrity_problems(tx.raw)
+        if damage:  # rebuilding from damaged tables would write their damage into the new ones
+            raise LedgerDamaged(
+                f"{ledger.path} is damaged ({'; '.join(damage)}); nothing was rebuilt. Restore "
+                "it from a backup (or bootstrap the till again from the sync server)"
+            )
         base = baseline(conn)
         if base is not None and base.status != COMPLETE:
             raise LedgerError(

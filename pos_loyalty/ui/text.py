@@ -115,8 +115,11 @@ def plain_error(exc: BaseException) -> str:
         return exc.message
     if isinstance(exc, EntryError):
         return str(exc)
-    name = type(exc).__name__
-    if name == "LedgerError":
+    # By class name: this module stays free of the ledger's imports (SQLAlchemy).
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "LedgerDamaged" in names:
+        return "The till's records are damaged; nothing was changed. Call support."
+    if "LedgerError" in names:
         return "The till's records cannot be used right now; nothing was changed. Call support."
     return "Something went wrong at the till; nothing was changed. Try again or call support."
 
