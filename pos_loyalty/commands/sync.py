@@ -146,9 +146,12 @@ def _server_url(args: argparse.Namespace, settings: Any) -> str:
 
 
 def _server(args: argparse.Namespace, settings: Any) -> int:
-    from sync.server.store import ServerStore, SyncError
+    from sync.server.store import ServerDatabaseError, ServerStore, SyncError
 
-    store = ServerStore(_server_url(args, settings))
+    try:
+        store = ServerStore(_server_url(args, settings))
+    except ServerDatabaseError as exc:
+        return _fail(f"server database: {exc}")
     try:
         if args.server_command == "token":
             if args.token_command == "create":

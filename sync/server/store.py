@@ -42,6 +42,7 @@ import hashlib
 import heapq
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -73,7 +74,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import bindparam as bp
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
 from pos_loyalty.config import ConfigError, load_programs_text
 from pos_loyalty.domain.events import Kind
@@ -220,10 +221,39 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+class ServerDatabaseError(Exception):
+    """The server's database cannot be opened: not a database URL, unreachable, refused
+    credentials, a file that is not a database (the message names it, password hidden)."""
+
+
+def shown_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _first_words(exc: BaseException) -> str:
+    """A driver's message on one line (psycopg's span several)."""
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return " ".join(str(orig).split())
+
+
 class ServerStore:
     """The server's database (PostgreSQL or SQLite), migrated on open."""
 
     def __init__(self, url: str) -> None:
+        try:
+            self._open(url)
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise ServerDatabaseError(
+                f"{shown_url(url)!r} is not a database URL this server can use ({exc}); "
+                "give postgresql+psycopg://USER@HOST:PORT/DB or sqlite:///PATH"
+            ) from None
+        except DBAPIError as exc:
+            raise ServerDatabaseError(
+                f"cannot use the database {shown_url(url)}: {_first_words(exc)}"
+            ) from None
+
+    def _open(self, url: str) -> None:
         self.url = url
         self.engine = make_server_engine(url)
         self.is_sqlite = url.startswith("sqlite")
