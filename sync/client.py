@@ -27,6 +27,7 @@ from pos_loyalty.ledger.replication import (
     Answer,
     Applied,
     Credentials,
+    PulledEventRefused,
     Replica,
     StoredEvent,
     Stub,
@@ -310,20 +311,14 @@ class SyncClient:
             if response.status_code != 200:
                 raise _refusal(response)
             page = _answer(PullResponse, response)
-            applied = self.replica.apply_pulled(
-                (_stored(p.event) for p in page.events),
-                (
-                    Stub(
-                        s.terminal_id,
-                        s.seq,
-                        s.id,
-                        bytes.fromhex(s.prev_hash),
-                        bytes.fromhex(s.hash),
-                    )
-                    for s in page.stubs
-                ),
-                page.cursor,
-            )
+            try:
+                applied = self._apply_page(page)
+            except PulledEventRefused as exc:
+                raise SyncFailed(
+                    f"{exc}; nothing from that page was applied",
+                    reachable=True,
+                    code="pulled_event_refused",
+                ) from None
             total.applied += applied.applied
             total.skipped += applied.skipped
             total.conflicts += applied.conflicts
@@ -331,6 +326,22 @@ class SyncClient:
                 self.progress("pull", total.applied)
             if not page.more:
                 return total
+
+    def _apply_page(self, page: PullResponse) -> Applied:
+        return self.replica.apply_pulled(
+            (_stored(p.event) for p in page.events),
+            (
+                Stub(
+                    s.terminal_id,
+                    s.seq,
+                    s.id,
+                    bytes.fromhex(s.prev_hash),
+                    bytes.fromhex(s.hash),
+                )
+                for s in page.stubs
+            ),
+            page.cursor,
+        )
 
     def fetch_programs(self) -> int | None:
         """Fetch the merchant's program configuration when the server has a newer version

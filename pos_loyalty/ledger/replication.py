@@ -7,6 +7,11 @@ apply from other tills. Every method is one ledger transaction.
 - Pulled events of other tills are appended to ``events`` with their own till id, seq and
   hashes, folded into the projections with the same functions as local appends, and the
   cursor moves in the same transaction. An event already present (same id) is skipped.
+  Each one is checked first, as ``verify`` would: its hash must be the chain hash of its
+  content after its ``prev_hash``, and that ``prev_hash`` the hash of the same till's event
+  before it wherever this till holds that one (in the page, in ``events`` or as a stub). A
+  page with an event that fails is refused whole (``PulledEventRefused``): nothing applied,
+  the cursor stays, so a damaged or forged event never reaches the projections.
   A remote sale whose receipt key is already used here by another event is kept (its
   balances count) but its receipt row is not written; a conflict is recorded.
 - A sale using a single-use coupon that another till's sale used first (both offline) is
@@ -36,7 +41,7 @@ from pos_loyalty.domain.ids import derived_id
 from pos_loyalty.domain.state import CustomerState
 
 from . import schema
-from .codec import at_text, encode_payload, event_from_row, id_text, kind_text
+from .codec import at_text, chain_hash, encode_payload, event_from_row, id_text, kind_text
 from .projections import apply_side_tables, load_state, side_table_problem, store_state
 from .store import Ledger
 
@@ -67,6 +72,11 @@ def reconcile_postings(own_payload: str, winner_payload: str) -> list[dict[str, 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+class PulledEventRefused(ValueError):
+    """A pulled event does not check out (its hash, its link to the event before it, or its
+    payload): the page was not applied."""
 
 
 @dataclass(frozen=True)
@@ -330,6 +340,10 @@ class Replica:
                 )
             states: dict[str, tuple[CustomerState, CustomerState]] = {}
             rows: list[dict[str, Any]] = []
+            stubs = list(stubs)
+            # (till, seq) -> hash of the slots this page brings: links are checked against
+            # them before the ledger is asked.
+            held = {(s.terminal_id, s.seq): s.hash for s in stubs}
             for stored in events:
                 if stored.terminal_id == self.terminal_id or stored.id in present:
                     out.skipped += 1
@@ -355,7 +369,8 @@ class Replica:
                     )
                     out.conflicts += 1
                     continue
-                event = event_from_row(stored)
+                event = _checked(conn, stored, held)
+                held[(stored.terminal_id, stored.seq)] = stored.hash
                 rows.append(
                     {
                         "id": stored.id,
@@ -432,6 +447,35 @@ class Replica:
                 recorded_at=_now(),
             )
         )
+
+
+def _checked(conn: Connection, stored: StoredEvent, held: dict[tuple[str, int], bytes]) -> Event:
+    """The pulled event decoded, after the checks ``verify`` would make of it on this till
+    (``PulledEventRefused`` when one fails)."""
+    name = f"event {stored.id} (till {stored.terminal_id}, seq {stored.seq})"
+    try:
+        event = event_from_row(stored)
+        digest = chain_hash(stored.prev_hash, event)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PulledEventRefused(f"the server sent {name} that does not decode: {exc}") from None
+    if digest != stored.hash:
+        raise PulledEventRefused(f"the server sent {name} whose hash does not match its content")
+    before = held.get((stored.terminal_id, stored.seq - 1))
+    if before is None:
+        for table in (schema.events, schema.chain_stubs):
+            row = conn.execute(
+                select(table.c.hash).where(
+                    table.c.terminal_id == stored.terminal_id, table.c.seq == stored.seq - 1
+                )
+            ).first()
+            if row is not None:
+                before = bytes(row.hash)
+                break
+    if before is not None and before != stored.prev_hash:
+        raise PulledEventRefused(
+            f"the server sent {name} that does not chain to the event before it held here"
+        )
+    return event
 
 
 _UNSYNCED = (
