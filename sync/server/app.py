@@ -36,7 +36,7 @@ from sync.protocol import (
     SnapshotPage,
 )
 
-from .store import ServerStore, SyncError, TillAuth
+from .store import ServerStore, SyncError, TillAuth, database_errors, database_trouble
 
 log = logging.getLogger("sync.server")
 
@@ -70,6 +70,16 @@ class RateLimiter:
             return True
 
 
+def unavailable() -> JSONResponse:
+    """503 while the server's database cannot be used. The driver's words (host names,
+    paths) go to the server's log, not to whoever asked."""
+    return error(
+        503,
+        "database_unavailable",
+        "The server's database cannot be used right now; retry later (resending is safe).",
+    )
+
+
 def create_server_app(
     store: ServerStore,
     *,
@@ -97,6 +107,23 @@ def create_server_app(
         codes = {**HTTP_ERROR_CODES, 400: "malformed_request"}
         return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        trouble = database_trouble(exc)
+        if trouble is None:
+            log.exception("internal error: %s", type(exc).__name__)
+            return error(500, "internal_error", "The server failed; nothing was written.")
+        # Not a bug: the database is down, gone or damaged. One line for the operator (no
+        # traceback per request while it lasts); the till backs off and resends, which is
+        # safe: a batch is one transaction and the server dedups on event id.
+        log.error("database unavailable: %s", trouble)
+        return unavailable()
+
+    # Registered per class, not under ``Exception``: Starlette re-raises what reaches its
+    # ``Exception`` handler so that the server logs a traceback, which an outage of the
+    # database would turn into one per request.
+    for cls in database_errors():
+        app.add_exception_handler(cls, _database)
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error: %s", type(exc).__name__)
@@ -111,8 +138,12 @@ def create_server_app(
             raise SyncError(429, "rate_limited", "Too many requests; slow down.")
         return store.authenticate(credential.strip())
 
-    @app.get("/v1/sync/health")
-    def health() -> dict[str, Any]:
+    @app.get("/v1/sync/health", response_model=None)
+    def health() -> dict[str, Any] | JSONResponse:
+        problem = store.database_problem()
+        if problem is not None:
+            log.error("health: database unavailable: %s", problem)
+            return unavailable()
         return {"ok": True, "protocol": PROTOCOL_VERSION}
 
     @app.post("/v1/sync/pair")

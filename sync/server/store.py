@@ -44,6 +44,8 @@ import json
 import logging
 import re
 import secrets
+import sqlite3
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -237,6 +239,35 @@ def _first_words(exc: BaseException) -> str:
     return " ".join(str(orig).split())
 
 
+def database_errors() -> tuple[type[Exception], ...]:
+    """The exception classes a database failure can arrive as: SQLAlchemy's wrapper, and
+    the drivers' own (psycopg's COPY path is not wrapped)."""
+    classes: tuple[type[Exception], ...] = (DBAPIError, sqlite3.Error)
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None:
+        classes += (psycopg.Error,)
+    return classes
+
+
+def database_trouble(exc: BaseException) -> str | None:
+    """One line saying why the database could not be used, when ``exc`` is the database
+    being out of reach rather than a fault in a request or in this code: the connection
+    refused, lost or shut down by an administrator, the database dropped, a transaction the
+    database gave up on (PostgreSQL's serialization or deadlock failures), SQLite's locked,
+    I/O, full or damaged file. None for anything else (a constraint, a bad statement).
+    psycopg's COPY path raises the driver's errors unwrapped, so both forms are looked at."""
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    trouble: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None:
+        trouble += (psycopg.OperationalError, psycopg.InterfaceError)
+    if isinstance(orig, trouble) or type(orig) is sqlite3.DatabaseError:  # corrupt, not a db
+        return _first_words(exc)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return _first_words(exc)
+    return None
+
+
 class ServerStore:
     """The server's database (PostgreSQL or SQLite), migrated on open."""
 
@@ -272,6 +303,16 @@ class ServerStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def database_problem(self) -> str | None:
+        """None when the database answers a read of the server's own tables, else one line
+        saying why not (for ``/v1/sync/health``)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(select(schema.merchants).limit(1)).all()
+        except Exception as exc:  # noqa: BLE001 - any failure is the answer, not a crash
+            return database_trouble(exc) or f"{type(exc).__name__}: {_first_words(exc)}"
+        return None
 
     # -- merchants, stores, terminals, tokens ----------------------------------------------
     def ensure_terminal(

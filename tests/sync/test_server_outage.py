@@ -1,0 +1,173 @@
+"""The server's database failing while the server runs: PostgreSQL refusing connections (a
+restart, an administrator closing the database), a SQLite file damaged on disk. Every request
+that needs it answers a JSON 503 `database_unavailable` (the driver's words go to the log, in
+one line, not a traceback per request), `/v1/sync/health` says so too, the till keeps its
+events waiting, and once the database is back everything carries on as if nothing happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from pos_loyalty.ledger.verify import verify
+from pos_loyalty.service import Profile
+from sync.client import SyncFailed
+from sync.server.app import create_server_app
+from sync.server.store import ServerStore, database_trouble
+
+from ..ledger.test_damage import damage, files
+from .conftest import LiveServer, Postgres, Till
+from .helpers import event_ids, nonzero, pair_till, sale, sync_round, till_balances
+
+
+@pytest.fixture
+def server_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    caplog.set_level(logging.INFO)
+    yield caplog
+
+
+def _served(store: ServerStore) -> LiveServer:
+    return LiveServer(create_server_app(store, rate=10_000, burst=10_000))
+
+
+def _health(server: LiveServer) -> httpx.Response:
+    return httpx.get(server.url + "/v1/sync/health", timeout=10.0)
+
+
+def _assert_unavailable(response: httpx.Response, *hidden: str) -> None:
+    assert response.status_code == 503
+    body = response.json()["error"]
+    assert body["code"] == "database_unavailable"
+    for word in hidden:  # database names, paths: for the operator's log only
+        assert word not in body["message"]
+
+
+def _push_refused(till: Till) -> None:
+    waiting = till.replica.state().acked_seq
+    with pytest.raises(SyncFailed) as caught:
+        sync_round(till)
+    assert not caught.value.reachable  # a 5xx: back off and retry, nothing to fix at the till
+    assert "503" in str(caught.value)
+    assert till.replica.state().acked_seq == waiting  # nothing marked synced
+
+
+def _one_line_each(logs: pytest.LogCaptureFixture, *words: str) -> None:
+    lines = [r for r in logs.records if "database unavailable" in r.getMessage()]
+    assert lines, "the outage was not logged"
+    for record in lines:
+        assert record.levelno == logging.ERROR
+        assert record.exc_info is None and "\n" not in record.getMessage()
+        for word in words:
+            assert word in record.getMessage()
+    tracebacks = [r for r in logs.records if r.exc_info is not None]
+    assert tracebacks == [], [r.getMessage() for r in tracebacks]
+
+
+def _connections(pg: Postgres, database: str, allowed: bool) -> None:
+    """Open or close ``database`` to new connections; closing also ends the open ones (what a
+    server restart or an administrator's maintenance does to the sync server)."""
+    import psycopg
+
+    with psycopg.connect(
+        f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres", autocommit=True
+    ) as conn:
+        conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+        if not allowed:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (database,),
+            )
+
+
+def test_postgresql_refusing_connections_is_a_503_until_it_is_back(
+    postgres: Postgres,
+    make_till: Callable[..., Till],
+    server_logs: pytest.LogCaptureFixture,
+) -> None:
+    url = postgres.new_database()
+    database = url.rsplit("/", 1)[1]
+    store = ServerStore(url)
+    server = _served(store)
+    try:
+        till = make_till("till-a")
+        pair_till(store, till, server.url)
+        card = till.service.enrol(Profile(name="Eve"))["card"]["code"]
+        sale(till.service, card, "A-1", price=5000)
+        assert _health(server).status_code == 200
+
+        _connections(postgres, database, allowed=False)
+        try:
+            _assert_unavailable(_health(server), database)
+            _push_refused(till)
+            # The till sells on meanwhile.
+            sale(till.service, card, "A-2", price=2000)
+            assert store.database_problem() is not None
+            _one_line_each(server_logs, "not currently accepting connections")
+        finally:
+            _connections(postgres, database, allowed=True)
+
+        assert _health(server).json() == {"ok": True, "protocol": 1}
+        result = sync_round(till)
+        assert result.accepted == result.pushed == len(event_ids(till))
+        assert set(store.event_ids("m1")) == event_ids(till)
+        assert nonzero(store.balances("m1")) == nonzero(till_balances(till))
+        assert verify(till.service.ledger).ok
+    finally:
+        server.stop()
+        store.close()
+
+
+def test_a_damaged_sqlite_file_is_a_503_not_a_traceback(
+    tmp_path: Path,
+    make_till: Callable[..., Till],
+    server_logs: pytest.LogCaptureFixture,
+) -> None:
+    path = tmp_path / "server.sqlite"
+    store = ServerStore(f"sqlite:///{path}")
+    server = _served(store)
+    try:
+        till = make_till("till-a")
+        pair_till(store, till, server.url)
+        card = till.service.enrol(Profile(name="Eve"))["card"]["code"]
+        sale(till.service, card, "A-1", price=5000)
+        sync_round(till)
+        sale(till.service, card, "A-2", price=2000)
+
+        # Every page in the main file, then pages overwritten behind the server's back; the
+        # pool's connections are dropped so that no page is served from their caches.
+        with sqlite3.connect(path) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        damage(path, "events")
+        store.engine.dispose()
+        damaged = files(path)
+
+        _push_refused(till)
+        assert files(path) == damaged  # nothing written
+        assert _health(server).status_code == 200  # it reads the merchants, still whole
+        damage(path, "merchants")
+        store.engine.dispose()
+        _assert_unavailable(_health(server), str(path))
+        _one_line_each(server_logs, "malformed")
+    finally:
+        server.stop()
+        store.close()
+
+
+def test_what_counts_as_the_database_being_unavailable() -> None:
+    """Failures of the database itself, not faults of a request or of the code."""
+    import psycopg
+
+    assert database_trouble(sqlite3.OperationalError("database is locked")) == "database is locked"
+    assert database_trouble(sqlite3.DatabaseError("database disk image is malformed"))
+    assert database_trouble(psycopg.OperationalError("connection failed:\n  refused"))
+    assert database_trouble(sqlite3.IntegrityError("UNIQUE constraint failed")) is None
+    assert database_trouble(sqlite3.ProgrammingError("no such table")) is None
+    assert database_trouble(IntegrityError("INSERT", {}, sqlite3.IntegrityError("x"))) is None
+    assert database_trouble(ValueError("not the database")) is None
