@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pos_loyalty import qr
-from pos_loyalty.asgi import HTTP_ERROR_CODES, BodyLimit, error
+from pos_loyalty.asgi import HTTP_ERROR_CODES, BodyLimit, InternalErrors, error, http_error
 from pos_loyalty.domain.basket import Basket, BasketLine, Redemption, WalletPayment
 from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.domain.refund import RefundRequestLine
@@ -33,6 +33,14 @@ log = logging.getLogger("pos_loyalty.api")
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 Name = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+# The moment a request is for (tests and replays; the till's clock otherwise). Checked by
+# ``parse_at`` (any ISO 8601 time with a UTC offset); declared as RFC 3339 for clients.
+DATE_TIME: dict[str, Any] = {"format": "date-time"}
+AT_DOC = (
+    "ISO 8601 time with a UTC offset, e.g. 2026-11-22T10:15:00+01:00, between the years 2000 "
+    "and 2200; default: now."
+)
+At = Annotated[StrictStr, Field(max_length=64, description=AT_DOC, json_schema_extra=DATE_TIME)]
 
 
 class _In(BaseModel):
@@ -59,19 +67,19 @@ class WalletIn(_In):
 class CouponIn(_In):
     program: Name
     customer_id: Annotated[StrictStr, Field(min_length=1, max_length=36)] | None = None
-    at: StrictStr | None = None
+    at: At | None = None
 
 
 class PayoutIn(_In):
     program: Name
     amount: Annotated[StrictInt, Field(ge=1, le=100_000_000)]
-    at: StrictStr | None = None
+    at: At | None = None
 
 
 class BasketIn(_In):
     receipt_id: Id | None = None
     card: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
-    at: StrictStr | None = None
+    at: At | None = None
     lines: Annotated[list[LineIn], Field(min_length=1, max_length=500)]
     # promo codes (up to 32 characters) and signed coupon codes (137 characters)
     codes: Annotated[list[Annotated[StrictStr, Field(max_length=160)]], Field(max_length=20)] = []
@@ -87,7 +95,7 @@ class EnrolIn(_In):
     consents: Annotated[dict[Name, StrictBool], Field(max_length=20)] = {}
     referral_code: Annotated[StrictStr, Field(max_length=64)] | None = None
     tags: Annotated[list[Name], Field(max_length=20)] = []
-    at: StrictStr | None = None
+    at: At | None = None
 
 
 class RefundLineIn(_In):
@@ -100,24 +108,67 @@ class RefundIn(_In):
     receipt_id: Id
     lines: Annotated[list[RefundLineIn], Field(min_length=1, max_length=500)] | None = None
     full: StrictBool = False
-    at: StrictStr | None = None
+    at: At | None = None
 
 
 class AdjustIn(_In):
     program: Name
     delta: Annotated[StrictInt, Field(ge=-1_000_000_000, le=1_000_000_000)]
     reason: Annotated[StrictStr, Field(min_length=1, max_length=500)]
-    at: StrictStr | None = None
+    at: At | None = None
 
 
 class BlockIn(_In):
     reason: Annotated[StrictStr, Field(min_length=1, max_length=500)] = "blocked at the till"
-    at: StrictStr | None = None
+    at: At | None = None
 
 
 class LookupIn(_In):
     code: Annotated[StrictStr, Field(min_length=1, max_length=512)]
-    at: StrictStr | None = None
+    at: At | None = None
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable ``code`` to branch on and a ``message`` to show. Some
+    refusals carry more (``minimum_not_met``: ``missing``, the amount still missing)."""
+
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every refusal and failure of the API has this shape."""
+
+    error: ErrorDetail
+
+
+def _refusal(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+# The answers any call may give besides its own (FastAPI's default 422 schema is replaced:
+# a validation error has the one error shape too). Declared for every route, so an
+# integrator's generated client knows them; a GET never sees a 413, but may.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _refusal("The body is not JSON, or not a JSON object (`malformed_json`)."),
+    404: _refusal("Unknown card, customer, receipt or route (`unknown_card`, ...)."),
+    409: _refusal("Conflicts with what the ledger holds (`receipt_conflict`, a blocked card)."),
+    413: _refusal("The body is larger than the configured limit (`body_too_large`)."),
+    422: _refusal("A field is invalid, or the loyalty rules refuse it (`insufficient_points`)."),
+    500: _refusal("A fault at the till (`internal_error`); nothing was changed."),
+    503: _refusal("The ledger is busy or damaged (`ledger_busy`, `ledger_damaged`)."),
+}
+
+
+def _image(kind: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI answer of a route that sends an image (not JSON)."""
+    return {
+        200: {
+            "description": "The card's code as a QR image.",
+            "content": {f"image/{kind}": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
 
 
 def parse_at(value: str | None) -> datetime | None:
@@ -153,6 +204,7 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
         title="pos-loyalty plugin API",
         version="1",
         description="Loyalty for any till: quote, commit and refund baskets; look up cards.",
+        responses=ERROR_RESPONSES,
     )
 
     @app.exception_handler(DomainError)
@@ -171,8 +223,7 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = HTTP_ERROR_CODES.get(exc.status_code, "http_error")
-        return error(exc.status_code, code, str(exc.detail))
+        return http_error(exc, HTTP_ERROR_CODES)
 
     @app.exception_handler(sqlite3.OperationalError)
     @app.exception_handler(SQLAlchemyOperationalError)
@@ -192,14 +243,6 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
                 "loyalty and have the file checked (`pos-loyalty ledger verify`).",
             )
         return error(503, "ledger_unavailable", "The till's ledger cannot be used right now.")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        route = request.scope.get("route")
-        log.error("internal error in %s: %s", getattr(route, "path", "?"), type(exc).__name__)
-        return error(
-            500, "internal_error", "Something went wrong at the till; nothing was changed."
-        )
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
@@ -250,21 +293,28 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
     def adjust(customer_id: str, body: AdjustIn) -> dict[str, Any]:
         return service.adjust(customer_id, body.program, body.delta, body.reason, parse_at(body.at))
 
-    @app.get("/v1/cards/{code}")
-    def card(code: str, at: str | None = None) -> dict[str, Any]:
-        return service.lookup(code, parse_at(at))
-
+    # Before ``/v1/cards/{code}``: declared after it, ``/v1/cards/lookup`` would match that
+    # route first for any other method (405 with ``Allow: GET``, not ``POST``).
     @app.post("/v1/cards/lookup")
     def card_lookup(body: LookupIn) -> dict[str, Any]:
         """The same as ``GET /v1/cards/{code}`` for scans that don't fit in a URL (tracks)."""
         return service.lookup(body.code, parse_at(body.at))
 
-    @app.get("/v1/cards/{code}/qr.png")
+    @app.get("/v1/cards/{code}")
+    def card(
+        code: str,
+        at: Annotated[
+            str | None, Query(max_length=64, description=AT_DOC, json_schema_extra=DATE_TIME)
+        ] = None,
+    ) -> dict[str, Any]:
+        return service.lookup(code, parse_at(at))
+
+    @app.get("/v1/cards/{code}/qr.png", response_class=Response, responses=_image("png"))
     def card_png(code: str) -> Response:
         service.lookup(code)
         return Response(qr.qr_png(service.normalise_scan(code)), media_type="image/png")
 
-    @app.get("/v1/cards/{code}/qr.svg")
+    @app.get("/v1/cards/{code}/qr.svg", response_class=Response, responses=_image("svg+xml"))
     def card_svg(code: str) -> Response:
         service.lookup(code)
         return Response(qr.qr_svg(service.normalise_scan(code)), media_type="image/svg+xml")
@@ -304,8 +354,15 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
             )
         )
 
-    app.include_router(events_router(bus, hello=service.health))  # GET /v1/events (SSE)
+    app.include_router(  # GET /v1/events (SSE)
+        events_router(bus, hello=service.health), responses=ERROR_RESPONSES
+    )
     app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
+    app.add_middleware(
+        InternalErrors,
+        message="Something went wrong at the till; nothing was changed.",
+        log=log,
+    )
     return app
 
 

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
-from pos_loyalty.asgi import HTTP_ERROR_CODES, BodyLimit, error
+from pos_loyalty.asgi import HTTP_ERROR_CODES, BodyLimit, error, http_error
 from sync.protocol import (
     MAX_PAGE,
     MAX_SNAPSHOT_PAGE,
@@ -104,8 +104,7 @@ def create_server_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {**HTTP_ERROR_CODES, 400: "malformed_request"}
-        return error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        return http_error(exc, {**HTTP_ERROR_CODES, 400: "malformed_request"})
 
     async def _database(_: Request, exc: Exception) -> JSONResponse:
         trouble = database_trouble(exc)
