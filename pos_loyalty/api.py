@@ -21,7 +21,14 @@ from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pos_loyalty import qr
-from pos_loyalty.asgi import HTTP_ERROR_CODES, BodyLimit, InternalErrors, error, http_error
+from pos_loyalty.asgi import (
+    HTTP_ERROR_CODES,
+    BodyLimit,
+    InternalErrors,
+    error,
+    http_error,
+    refusal,
+)
 from pos_loyalty.domain.basket import Basket, BasketLine, Redemption, WalletPayment
 from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.domain.refund import RefundRequestLine
@@ -128,36 +135,17 @@ class LookupIn(_In):
     at: At | None = None
 
 
-class ErrorDetail(BaseModel):
-    """What went wrong: a stable ``code`` to branch on and a ``message`` to show. Some
-    refusals carry more (``minimum_not_met``: ``missing``, the amount still missing)."""
-
-    model_config = ConfigDict(extra="allow")
-    code: str
-    message: str
-
-
-class ErrorOut(BaseModel):
-    """Every refusal and failure of the API has this shape."""
-
-    error: ErrorDetail
-
-
-def _refusal(description: str) -> dict[str, Any]:
-    return {"model": ErrorOut, "description": description}
-
-
 # The answers any call may give besides its own (FastAPI's default 422 schema is replaced:
 # a validation error has the one error shape too). Declared for every route, so an
 # integrator's generated client knows them; a GET never sees a 413, but may.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _refusal("The body is not JSON, or not a JSON object (`malformed_json`)."),
-    404: _refusal("Unknown card, customer, receipt or route (`unknown_card`, ...)."),
-    409: _refusal("Conflicts with what the ledger holds (`receipt_conflict`, a blocked card)."),
-    413: _refusal("The body is larger than the configured limit (`body_too_large`)."),
-    422: _refusal("A field is invalid, or the loyalty rules refuse it (`insufficient_points`)."),
-    500: _refusal("A fault at the till (`internal_error`); nothing was changed."),
-    503: _refusal("The ledger is busy or damaged (`ledger_busy`, `ledger_damaged`)."),
+    400: refusal("The body is not JSON, or not a JSON object (`malformed_json`)."),
+    404: refusal("Unknown card, customer, receipt or route (`unknown_card`, ...)."),
+    409: refusal("Conflicts with what the ledger holds (`receipt_conflict`, a blocked card)."),
+    413: refusal("The body is larger than the configured limit (`body_too_large`)."),
+    422: refusal("A field is invalid, or the loyalty rules refuse it (`insufficient_points`)."),
+    500: refusal("A fault at the till (`internal_error`); nothing was changed."),
+    503: refusal("The ledger is busy or damaged (`ledger_busy`, `ledger_damaged`)."),
 }
 
 

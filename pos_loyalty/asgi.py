@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,6 +20,26 @@ HTTP_ERROR_CODES = {
     405: "method_not_allowed",
     413: "body_too_large",
 }
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable ``code`` to branch on and a ``message`` to show. Some
+    refusals carry more (``minimum_not_met``: ``missing``, the amount still missing)."""
+
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every refusal and failure of the API has this shape."""
+
+    error: ErrorDetail
+
+
+def refusal(description: str) -> dict[str, Any]:
+    """An OpenAPI ``responses`` entry for an answer in the one error shape."""
+    return {"model": ErrorOut, "description": description}
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from pos_loyalty.api import ErrorOut
+from pos_loyalty.asgi import ErrorOut
 from pos_loyalty.demo import demo_codes
 from sync.server.app import create_server_app
 from sync.server.store import ServerStore
@@ -75,14 +75,26 @@ def test_a_method_not_allowed_names_the_allowed_ones(client: TestClient) -> None
     assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
-def test_the_sync_server_names_the_allowed_methods_too(tmp_path: Path) -> None:
+def test_the_sync_server_declares_its_errors_and_names_allowed_methods(tmp_path: Path) -> None:
     store = ServerStore(f"sqlite:///{tmp_path / 'server.sqlite'}")
     try:
         with TestClient(create_server_app(store)) as c:
             r = c.put("/v1/sync/push")
             assert r.status_code == 405 and r.headers["allow"] == "POST"
+            spec = c.get("/openapi.json").json()
+            refused = c.get("/v1/sync/pull")  # no credentials
+            assert refused.status_code == 401
+            ErrorOut.model_validate(refused.json())
     finally:
         store.close()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            declared = {s for s in op["responses"] if s.startswith(("4", "5"))}
+            assert declared >= {"400", "401", "403", "409", "413", "422", "429", "503"}, (
+                method,
+                path,
+            )
 
 
 # The real agent process, with one fault planted: every look-up fails with an exception whose
