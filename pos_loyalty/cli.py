@@ -337,6 +337,7 @@ def run_agent(args: argparse.Namespace, settings: Settings) -> int:
     if args.demo:
         codes = seed_demo(service)
         print("demo cards: " + ", ".join(codes), flush=True)
+    service.ledger.start_file_check()  # in the background; damage stops loyalty
     print(
         f"pos-loyalty agent: till {settings.terminal_id}, ledger {service.ledger.path}, "
         f"plugin API on http://{host}:{port}/v1 (OpenAPI at /openapi.json)",

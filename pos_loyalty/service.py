@@ -937,6 +937,10 @@ class Service:
             "online": False,
             "events_waiting": seq,
             "head": {"seq": seq, "hash": digest.hex()},
+            # SQLite's check of the whole file, run in the background by the agent and the
+            # terminal (``Ledger.start_file_check``); once it finds damage, this call and
+            # every other answers 503 ``ledger_damaged`` instead.
+            "ledger_check": self.ledger.file_check.as_dict(),
             "programs": {
                 "version": self.programs_version,
                 "source": "server" if self.programs_version else "config file",

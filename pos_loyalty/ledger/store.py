@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -18,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -51,6 +53,8 @@ from .codec import (
 )
 from .projections import apply_side_tables, load_state, raw_connection, store_state
 
+log = logging.getLogger(__name__)
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -79,11 +83,16 @@ def damage_reason(exc: BaseException) -> str | None:
     return None
 
 
-def integrity_problems(raw: sqlite3.Connection, limit: int = 3) -> list[str]:
+def integrity_problems(
+    raw: sqlite3.Connection, limit: int = 3, *, quick: bool = False
+) -> list[str]:
     """The first ``limit`` problems SQLite's ``PRAGMA integrity_check`` finds in the file
     (damaged pages, b-tree order, index entries that do not match their rows, ...); [] when
-    it is sound. Reads every page: for ``ledger verify`` and ``rebuild``, not the sale path."""
-    rows = raw.execute(f"PRAGMA integrity_check({int(limit)})").fetchall()
+    it is sound. Reads every page: for ``ledger verify`` and ``rebuild``, not the sale path.
+    ``quick``: ``PRAGMA quick_check``, the same but for the index-against-row comparison,
+    in time linear in the file's size (``Ledger.start_file_check``)."""
+    pragma = "quick_check" if quick else "integrity_check"
+    rows = raw.execute(f"PRAGMA {pragma}({int(limit)})").fetchall()
     if [row[0] for row in rows] == ["ok"]:
         return []
     # One problem per line (a row may hold several), without the "*** in database main ***"
@@ -102,11 +111,35 @@ def damage_is_a_ledger_error(path: Path) -> Iterator[None]:
         reason = damage_reason(exc)
         if reason is None:
             raise
-        raise LedgerDamaged(
-            f"{path} is damaged ({reason}); nothing was changed. Stop using this till's "
-            "loyalty, check the file with `pos-loyalty ledger verify` and restore it from a "
-            "backup (or bootstrap the till again from the sync server)"
-        ) from exc
+        raise damaged_error(path, reason) from exc
+
+
+def damaged_error(path: Path, reason: str) -> LedgerDamaged:
+    return LedgerDamaged(
+        f"{path} is damaged ({reason}); nothing was changed. Stop using this till's "
+        "loyalty, check the file with `pos-loyalty ledger verify` and restore it from a "
+        "backup (or bootstrap the till again from the sync server)"
+    )
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """What the background check of the ledger file found (``Ledger.start_file_check``).
+
+    Attributes:
+      state: ``not_started``; ``running``; ``ok``; ``damaged`` (every transaction on the
+        ledger is refused from then on); ``not_checked`` (the check itself could not run,
+        e.g. the file was locked: nothing is known, nothing is refused).
+      problem: SQLite's words for what is damaged, or why the check could not run.
+      finished_at: when it ended (ISO, UTC).
+    """
+
+    state: str
+    problem: str | None = None
+    finished_at: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "problem": self.problem, "finished_at": self.finished_at}
 
 
 class CardRow(NamedTuple):
@@ -364,6 +397,8 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(self.path)
         self.states = StateCache()
+        self.file_check = FileCheck("not_started")
+        self._damage: str | None = None  # set by the file check: every transaction refused
         # The compression dictionaries of stored payloads and answers (``codec``).
         self.dicts = Dictionaries()
         try:
@@ -380,8 +415,55 @@ class Ledger:
     def close(self) -> None:
         self.engine.dispose()
 
+    def start_file_check(self) -> threading.Thread:
+        """Run SQLite's quick check of the whole file in a background thread (a long-running
+        till: the agent, the terminal), on a read-only connection of its own: sales go on
+        meanwhile (WAL), and SQLite works without holding the GIL. What it finds is in
+        ``file_check``; damage makes every later transaction raise ``LedgerDamaged``.
+
+        Why: SQLite notices a damaged page only when a statement reads it, and a damaged
+        index can answer wrongly before that (a card it no longer finds is "unknown"), or
+        a sale can write into a damaged b-tree and spread the damage. A till that knows its
+        file is damaged stops using it and says so, as it does when a statement finds it.
+        Linear in the file's size: seconds for a typical till, about a minute for a ledger of
+        millions of events, in the background."""
+        self.file_check = FileCheck("running")
+        thread = threading.Thread(target=self._check_file, name="ledger-check", daemon=True)
+        thread.start()
+        return thread
+
+    def _check_file(self) -> None:
+        try:
+            raw = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            try:
+                problems = integrity_problems(raw, quick=True)
+            finally:
+                raw.close()
+        except sqlite3.Error as exc:
+            reason = damage_reason(exc)
+            if reason is None:
+                self.file_check = FileCheck(
+                    "not_checked", f"{type(exc).__name__}: {exc}", datetime.now(UTC).isoformat()
+                )
+                log.warning("ledger %s: the file check could not run: %s", self.path, exc)
+                return
+            problems = [reason]
+        finished = datetime.now(UTC).isoformat()
+        if not problems:
+            self.file_check = FileCheck("ok", None, finished)
+            return
+        problem = "; ".join(problems)
+        self._damage = problem
+        self.file_check = FileCheck("damaged", problem, finished)
+        log.error("ledger %s is damaged (%s): loyalty stops on this till", self.path, problem)
+
+    def _refuse_if_damaged(self) -> None:
+        if self._damage is not None:
+            raise damaged_error(self.path, self._damage)
+
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
+        self._refuse_if_damaged()
         # Damage found by any statement inside: rolled back (``begin``), then named.
         with damage_is_a_ledger_error(self.path), self.engine.begin() as conn:
             tx = Tx(conn, self.terminal_id, self.states, writer=True, dicts=self.dicts)
@@ -396,6 +478,7 @@ class Ledger:
         makes before it queues for the write lock. Straight on a pooled DB-API connection
         (the engine's: same PRAGMAs, ``BEGIN`` issued here): SQLAlchemy's ``connect()``,
         ``begin()`` and their events cost ~15 us, more than the two by-key reads."""
+        self._refuse_if_damaged()
         with damage_is_a_ledger_error(self.path):
             return self._receipt(key)
 
@@ -414,6 +497,7 @@ class Ledger:
 
     @contextmanager
     def reader(self) -> Iterator[Tx]:
+        self._refuse_if_damaged()
         with damage_is_a_ledger_error(self.path), self.engine.connect() as conn:
             conn.execution_options(read_only=True)
             with conn.begin() as trans:

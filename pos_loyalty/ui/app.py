@@ -34,7 +34,7 @@ from pos_loyalty.service import Service
 from pos_loyalty.ui.base import TillScreen
 from pos_loyalty.ui.readers import ReaderFeed
 from pos_loyalty.ui.status import StatusState
-from pos_loyalty.ui.text import plain_error
+from pos_loyalty.ui.text import is_ledger_error, plain_error
 
 if TYPE_CHECKING:
     from pos_loyalty.ui.customer import CustomerScreen
@@ -98,6 +98,7 @@ class TerminalApp(App[None]):
             ),
         )
         self._last_published: tuple[Any, ...] | None = None
+        self._ledger_trouble_logged = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def get_default_screen(self) -> Screen[Any]:
@@ -129,15 +130,19 @@ class TerminalApp(App[None]):
         """Run blocking ledger work off the UI thread."""
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    def tell(self, text: str, *, error: bool = False) -> None:
-        """Show ``text`` on the nearest till screen (under any dialog)."""
+    def tell(self, text: str, *, error: bool = False) -> bool:
+        """Show ``text`` on the nearest till screen (under any dialog); False when there is
+        none yet (at start-up)."""
         for screen in reversed(self.screen_stack):
             if isinstance(screen, TillScreen):
                 screen.say(text, error=error)
-                return
+                return True
+        return False
 
     def tell_error(self, exc: BaseException) -> None:
-        if not isinstance(exc, ValueError) and not hasattr(exc, "code"):
+        if is_ledger_error(exc):  # the file, not a fault here: the status refresh logs it
+            pass
+        elif not isinstance(exc, ValueError) and not hasattr(exc, "code"):
             log.error("terminal: %s", type(exc).__name__, exc_info=exc)
         self.tell(plain_error(exc), error=True)
 
@@ -247,23 +252,37 @@ class TerminalApp(App[None]):
     def refresh_status(self) -> None:
         self.run_worker(self._refresh_status(), group="status", exclusive=True, exit_on_error=False)
 
-    def _status_snapshot(self) -> tuple[SyncStatus, int | None, int]:
+    def _status_snapshot(self) -> tuple[SyncStatus, int | None, int, BaseException | None]:
         try:
             sync = self.sync.sync_status()
         except Exception as exc:
             log.error("sync status provider failed: %s", type(exc).__name__, exc_info=exc)
             sync = SyncStatus(message="sync status unknown")
+        ledger_trouble: BaseException | None = None
         try:
             health = self.service.health()
             waiting: int | None = int(health["events_waiting"])
         except Exception as exc:
-            log.error("health failed: %s", type(exc).__name__, exc_info=exc)
             waiting = None
+            if is_ledger_error(exc):  # the file (damaged, locked): said once, below
+                ledger_trouble = exc
+            else:
+                log.error("health failed: %s", type(exc).__name__, exc_info=exc)
         # The program configuration version in use (0: the till's own file).
-        return sync, waiting, self.service.programs_version
+        return sync, waiting, self.service.programs_version, ledger_trouble
 
     async def _refresh_status(self) -> None:
-        sync, waiting, programs_version = await self.call(self._status_snapshot)
+        sync, waiting, programs_version, trouble = await self.call(self._status_snapshot)
+        # A damaged ledger (the background file check, or a read that met the damage): the
+        # cashier is told at every refresh while it lasts (a screen change clears messages,
+        # and the till can do nothing else meanwhile); the log says it once.
+        if trouble is not None:
+            if not self._ledger_trouble_logged:
+                self._ledger_trouble_logged = True
+                log.error("ledger: %s", trouble)
+            self.tell(plain_error(trouble), error=True)
+        else:
+            self._ledger_trouble_logged = False
         key = (sync.online, sync.configured, sync.last_sync, sync.message, waiting)
         if key != self._last_published:
             self._last_published = key

@@ -109,6 +109,12 @@ def line_text(line: BasketLine) -> str:
 # --------------------------------------------------------------------------- wording
 
 
+def is_ledger_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the ledger file failing (damaged, locked, not a ledger), by class
+    name: this module stays free of the ledger's imports (SQLAlchemy)."""
+    return "LedgerError" in {cls.__name__ for cls in type(exc).__mro__}
+
+
 def plain_error(exc: BaseException) -> str:
     """What went wrong, in words for a cashier: never a traceback or an exception name."""
     if isinstance(exc, DomainError):

@@ -4,19 +4,26 @@ every command says so in one line, the plugin API answers a JSON 503, and nothin
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from pos_loyalty import cli
 from pos_loyalty.api import create_app
 from pos_loyalty.ledger.store import LedgerDamaged, LedgerError, damage_reason
-from pos_loyalty.service import Service
+from pos_loyalty.service import Profile, Service
 from pos_loyalty.ui.text import plain_error
 
-from .test_ledger import busy_ledger, open_service
+from .test_ledger import T0, busy_ledger, open_service, sale
 
 
 def build(data_dir: Path) -> tuple[Path, str, str]:
@@ -168,3 +175,92 @@ def test_the_cashier_sees_a_plain_sentence() -> None:
     assert "damaged" in damaged and "nothing was changed" in damaged
     assert "sqlite" not in damaged.lower() and "/x/" not in damaged
     assert "cannot be used" in plain_error(LedgerError("locked"))
+
+
+# -- the background file check (agent, terminal) ------------------------------------------
+
+
+def test_the_file_check_stops_a_till_on_damage_its_reads_have_not_met(tmp_path: Path) -> None:
+    """The receipts table is damaged: a card look-up never reads it and answers as if all
+    were well. Once the check has run, every call is refused by name and the file stays as
+    it was."""
+    path, card, customer = build(tmp_path)
+    damage(path, "receipts")
+    before = files(path)
+    service: Service = open_service(tmp_path)
+    try:
+        assert service.ledger.file_check.state == "not_started"
+        assert service.lookup(card)["customer"]["id"] == customer  # the damage goes unseen
+
+        service.ledger.start_file_check().join(timeout=60)
+        check = service.ledger.file_check
+        assert check.state == "damaged", check
+        assert check.problem and check.finished_at
+        for call in (
+            lambda: service.lookup(card),
+            lambda: service.health(),
+            lambda: service.ledger.receipt("R-1"),
+            lambda: service.enrol(Profile(name="Cleo")),
+        ):
+            with pytest.raises(LedgerDamaged) as refused:
+                call()
+            assert str(path) in str(refused.value) and check.problem in str(refused.value)
+        client = TestClient(create_app(service), raise_server_exceptions=False)
+        r = client.get(f"/v1/cards/{card}")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "ledger_damaged"
+        assert files(path) == before
+    finally:
+        service.ledger.close()
+
+
+def test_the_file_check_passes_a_sound_file_and_sales_go_on_meanwhile(tmp_path: Path) -> None:
+    path, card, _ = build(tmp_path)
+    service: Service = open_service(tmp_path)
+    try:
+        thread = service.ledger.start_file_check()
+        assert service.ledger.file_check.state in ("running", "ok")
+        sale(service, "R-during", card, T0 + timedelta(days=3), ("latte", "coffee", 1, 450))
+        thread.join(timeout=60)
+        assert service.ledger.file_check.state == "ok"
+        assert service.health()["ledger_check"]["state"] == "ok"
+        assert service.lookup(card)["customer"]["name"] == "Ada"
+    finally:
+        service.ledger.close()
+
+
+def test_the_agent_checks_its_ledger_and_stops_loyalty_on_damage(tmp_path: Path) -> None:
+    from ..test_agent_process import free_port
+
+    path, card, _ = build(tmp_path)
+    damage(path, "receipts")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pos_loyalty.cli", "--data-dir", str(tmp_path), "agent"]
+        + ["--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # up, then the check's verdict
+            try:
+                health = httpx.get(f"{base}/v1/health", timeout=1)
+                if health.status_code == 503:
+                    break
+                assert health.json()["ledger_check"]["state"] in ("running", "ok")
+            except httpx.TransportError:
+                assert proc.poll() is None
+            assert time.monotonic() < deadline, "the agent never reported the damage"
+            time.sleep(0.1)
+        assert health.json()["error"]["code"] == "ledger_damaged"
+        r = httpx.get(f"{base}/v1/cards/{card}")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "ledger_damaged"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+    assert out.count("is damaged") >= 1 and "loyalty stops on this till" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -397,3 +398,35 @@ async def test_blocked_card_cannot_sell(make_app: MakeApp, till: Service, codes:
 def test_fixed_clock_is_used(till: Service) -> None:
     assert till.now() == NOW
     assert isinstance(NOW, datetime) and timedelta(0) == NOW - till.now()
+
+
+async def test_a_damaged_ledger_is_told_once_and_stops_the_till(
+    make_app: MakeApp, till: Service, codes: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The background file check (started by `pos-loyalty terminal`) finds a damaged page:
+    the cashier reads it in words when the status refreshes, the log says it once (not at
+    every refresh), and a scan is refused the same way."""
+    from ..ledger.test_damage import damage
+
+    path = till.ledger.path
+    with sqlite3.connect(path) as conn:  # every page in the main file
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    damage(path, "receipts")
+    till.ledger.start_file_check().join(timeout=60)
+    assert till.ledger.file_check.state == "damaged"
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        damaged = "! The till's records are damaged; nothing was changed. Call support."
+        for _ in range(3):  # the first refresh can come before the screen is ready
+            app.refresh_status()
+            await settle(pilot)
+        assert damaged in screen_text(app)
+        await type_text(pilot, codes[0])
+        await pilot.press("enter")
+        await settle(pilot)
+        assert damaged in screen_text(app)
+        assert isinstance(app.screen, ScanScreen)
+    told = [r for r in caplog.records if r.getMessage().startswith("ledger: ")]
+    assert len(told) == 1 and told[0].exc_info is None
+    assert not [r for r in caplog.records if r.exc_info is not None]
