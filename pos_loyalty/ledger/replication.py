@@ -341,9 +341,11 @@ class Replica:
             states: dict[str, tuple[CustomerState, CustomerState]] = {}
             rows: list[dict[str, Any]] = []
             stubs = list(stubs)
-            # (till, seq) -> hash of the slots this page brings: links are checked against
-            # them before the ledger is asked.
-            held = {(s.terminal_id, s.seq): s.hash for s in stubs}
+            # (till, seq) -> hashes of the slots this page brings (an event and a stub can
+            # share a slot: a restored till's new epoch), checked before the ledger is asked.
+            held: dict[tuple[str, int], set[bytes]] = defaultdict(set)
+            for stub in stubs:
+                held[(stub.terminal_id, stub.seq)].add(stub.hash)
             for stored in events:
                 if stored.terminal_id == self.terminal_id or stored.id in present:
                     out.skipped += 1
@@ -370,7 +372,7 @@ class Replica:
                     out.conflicts += 1
                     continue
                 event = _checked(conn, stored, held)
-                held[(stored.terminal_id, stored.seq)] = stored.hash
+                held[(stored.terminal_id, stored.seq)].add(stored.hash)
                 rows.append(
                     {
                         "id": stored.id,
@@ -449,9 +451,13 @@ class Replica:
         )
 
 
-def _checked(conn: Connection, stored: StoredEvent, held: dict[tuple[str, int], bytes]) -> Event:
+def _checked(
+    conn: Connection, stored: StoredEvent, held: dict[tuple[str, int], set[bytes]]
+) -> Event:
     """The pulled event decoded, after the checks ``verify`` would make of it on this till
-    (``PulledEventRefused`` when one fails)."""
+    (``PulledEventRefused`` when one fails). Its link is checked against every slot of the
+    same till's ``seq - 1`` known here: a restored till's chain forks (a new epoch), and
+    the slot its new events follow may be a stub beside the event of the first epoch."""
     name = f"event {stored.id} (till {stored.terminal_id}, seq {stored.seq})"
     try:
         event = event_from_row(stored)
@@ -460,18 +466,17 @@ def _checked(conn: Connection, stored: StoredEvent, held: dict[tuple[str, int], 
         raise PulledEventRefused(f"the server sent {name} that does not decode: {exc}") from None
     if digest != stored.hash:
         raise PulledEventRefused(f"the server sent {name} whose hash does not match its content")
-    before = held.get((stored.terminal_id, stored.seq - 1))
-    if before is None:
-        for table in (schema.events, schema.chain_stubs):
-            row = conn.execute(
+    before = set(held.get((stored.terminal_id, stored.seq - 1), ()))
+    for table in (schema.events, schema.chain_stubs):
+        before.update(
+            bytes(row.hash)
+            for row in conn.execute(
                 select(table.c.hash).where(
                     table.c.terminal_id == stored.terminal_id, table.c.seq == stored.seq - 1
                 )
-            ).first()
-            if row is not None:
-                before = bytes(row.hash)
-                break
-    if before is not None and before != stored.prev_hash:
+            )
+        )
+    if before and stored.prev_hash not in before:
         raise PulledEventRefused(
             f"the server sent {name} that does not chain to the event before it held here"
         )

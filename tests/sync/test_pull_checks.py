@@ -6,6 +6,7 @@ till's ledger still verifies, and a later correct page applies as usual."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -179,3 +180,45 @@ def test_sync_once_names_the_refused_event_in_one_line(
         assert out.err.startswith("pos-loyalty: sync failed: the server sent event ")
         assert sale_id in out.err and "Traceback" not in out.err
     assert main([*base, "sync", "--once"]) == 0
+
+
+def test_a_restored_tills_new_epoch_is_pulled_and_verifies_everywhere(
+    store: ServerStore,
+    live_server: LiveServer,
+    make_till: Callable[..., Till],
+    tmp_path: Path,
+) -> None:
+    """Till A is restored from a backup after its later sales reached the server and till B:
+    A's chain forks (a new epoch). The server quarantines A's re-used seqs and serves them as
+    stubs; B (and a till paired afterwards, C) apply A's new events, which follow the
+    quarantined slot, not the event B holds at that seq, and every ledger still verifies."""
+    a, b, card = _two_tills(store, live_server, make_till)
+    sync_round(b)
+    backup = tmp_path / "a-backup.sqlite"
+    a.service.ledger.close()
+    shutil.copy(a.service.ledger.path, backup)
+    a = make_till("till-a")
+    sale(a.service, card, "A-lost", price=3000)  # reaches the server and B, then is lost
+    sync_round(a)
+    sync_round(b)
+    a.service.ledger.close()
+    shutil.copy(backup, a.service.ledger.path)
+    for suffix in ("-wal", "-shm"):
+        Path(str(a.service.ledger.path) + suffix).unlink(missing_ok=True)
+    a = make_till("till-a")
+
+    sale(a.service, card, "A-again", price=1000)  # the re-used seq: quarantined
+    sale(a.service, card, "A-new", price=2000)  # a new seq, after the quarantined one
+    sync_round(a)
+    assert "seq_reused_after_restore" in {c["reason"] for c in store.conflicts()}
+    applied = sync_round(b).pulled.applied
+    assert applied == 1  # A-new; A-again is a stub
+    c = make_till("till-c")
+    pair_till(store, c, live_server.url)
+    sync_round(c)
+    sync_round(a)
+    for till in (a, b, c):
+        report = verify(till.service.ledger)
+        assert report.ok, (till.terminal_id, report.problems)
+    assert nonzero(till_balances(b)) == nonzero(store.balances("m1"))
+    assert nonzero(till_balances(c)) == nonzero(store.balances("m1"))
