@@ -114,7 +114,7 @@ def test_decode_errors(
 def test_listen_webcam_video_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (480, 360))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 30.0, (480, 360))
     bg = synth.background(rng, 360, 480)
     qr = synth.qr_image("PL0000001234567", module_px=4)
     frames = (

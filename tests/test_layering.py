@@ -39,4 +39,4 @@ def test_package_exports_python_api() -> None:
 
     assert pos_loyalty.Service.__name__ == "Service"
     with pytest.raises(AttributeError):
-        _ = pos_loyalty.nothing_here  # type: ignore[attr-defined]
+        _ = pos_loyalty.nothing_here

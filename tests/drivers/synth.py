@@ -7,6 +7,8 @@ a given ``numpy.random.Generator``.
 
 from __future__ import annotations
 
+from typing import cast
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -53,22 +55,23 @@ def place(
     pad = max(h, w) // 10
     card = cv2.copyMakeBorder(code, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=245)
     h, w = card.shape
-    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
     fh, fw = frame.shape
     cx, cy = center or (fw // 2, fh // 2)
     hw, hh = w * scale / 2, h * scale / 2
     # Tilt: one side nearer to the camera (bigger) than the other.
-    dst = np.float32(
+    dst = np.array(
         [
             [-hw * (1 - tilt), -hh * (1 - tilt)],
             [hw, -hh],
             [hw, hh],
             [-hw * (1 - tilt), hh * (1 - tilt)],
-        ]
+        ],
+        dtype=np.float32,
     )
     a = np.deg2rad(angle)
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]], dtype=np.float32)
-    dst = dst @ rot.T + np.float32([cx, cy])
+    dst = dst @ rot.T + np.array([cx, cy], dtype=np.float32)
     matrix = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
     warped = cv2.warpPerspective(card, matrix, (fw, fh), flags=cv2.INTER_LINEAR, borderValue=0)
     mask = cv2.warpPerspective(
@@ -84,14 +87,16 @@ def degrade(
 ) -> Gray:
     out = frame
     if blur > 0:
-        out = cv2.GaussianBlur(out, (0, 0), blur)
+        out = cast(Gray, cv2.GaussianBlur(out, (0, 0), blur))  # uint8 in, uint8 out
     if noise > 0:
         out = (out.astype(np.float32) + rng.normal(0, noise, out.shape)).clip(0, 255)
         out = out.astype(np.uint8)
     if jpeg is not None:
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, jpeg])
         assert ok
-        out = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+        decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+        assert decoded is not None
+        out = cast(Gray, decoded)  # IMREAD_GRAYSCALE: one uint8 channel
     return out
 
 

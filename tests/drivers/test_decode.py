@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -14,6 +15,7 @@ from drivers.decode import (
     DEFAULT_FORMATS,
     DecodeError,
     FrameDecoder,
+    Image,
     _gray,
     _Zbar,
     _Zxing,
@@ -60,8 +62,8 @@ def test_pass_rates_per_symbology_on_generated_photos() -> None:
         assert [r.text for r in decoder.decode_image(photo.image)] == [photo.expected]
 
     print("\npass rates on generated photos (zxing-cpp / pyzbar / both):")
-    for sym, (n, a, b, both) in table.items():
-        print(f"  {sym.value:8} n={n:3}  {a / n:5.0%}  {b / n:5.0%}  {both / n:5.0%}")
+    for sym, (n, n_zx, n_zb, both) in table.items():
+        print(f"  {sym.value:8} n={n:3}  {n_zx / n:5.0%}  {n_zb / n:5.0%}  {both / n:5.0%}")
     for sym, (n, _a, _b, both) in table.items():
         assert both / n >= FLOORS[sym], f"{sym.value}: {both}/{n} below {FLOORS[sym]:.0%}"
 
@@ -166,8 +168,9 @@ def test_decode_file_and_errors(tmp_path: Path) -> None:
 
 def test_bgr_bgra_and_gray_inputs() -> None:
     gray = np.pad(synth.qr_image("PL0000001234567"), 10, constant_values=255)
-    bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
-    bgra = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGRA)
+    # cvtColor keeps the uint8 depth
+    bgr = cast(Image, cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
+    bgra = cast(Image, cv2.cvtColor(gray, cv2.COLOR_GRAY2BGRA))
     for image in (gray, bgr, bgra, gray[:, :, None]):
         assert [r.text for r in decode_image(image)] == ["PL0000001234567"]
 

@@ -14,7 +14,7 @@ import queue
 import socket
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -24,6 +24,8 @@ from drivers.hidraw_reader import HidrawReader, find_hidraw
 from drivers.model import CardRead, ReaderState, ReaderStatus, Symbology
 from tests.drivers.test_hid import EV_SEQUENCE
 
+_E = TypeVar("_E")
+
 
 class Collector:
     def __init__(self) -> None:
@@ -32,10 +34,13 @@ class Collector:
     def __call__(self, event: Any) -> None:
         self.events.put(event)
 
-    def next(self, kind: type, state: ReaderState | None = None, timeout: float = 3) -> Any:
+    def next(self, kind: type[_E], state: ReaderState | None = None, timeout: float = 3) -> _E:
+        """The next event of ``kind`` (``state`` is only given for a ``ReaderStatus``)."""
         while True:
             event = self.events.get(timeout=timeout)
-            if isinstance(event, kind) and (state is None or event.state == state):
+            if isinstance(event, kind) and (
+                state is None or cast(ReaderStatus, event).state == state
+            ):
                 return event
 
 
@@ -127,6 +132,16 @@ class FakeInputDevice:
     """Stands in for ``evdev.InputDevice``: fd, read(), grab()/ungrab(), info, uniq."""
 
     registry: dict[str, FakeInputDevice] = {}
+    # Set by create() (instances are made without __init__ and share one __dict__).
+    r: int
+    w: int
+    fd: int
+    pending: list[SimpleNamespace]
+    grabbed: bool
+    grabs: int
+    unplugged: bool
+    info: SimpleNamespace
+    uniq: str
 
     def __init__(self, path: str) -> None:
         if path not in self.registry or self.registry[path].unplugged:

@@ -55,7 +55,7 @@ def _empty(rng: np.random.Generator, frames: int) -> Iterator[np.ndarray]:
 def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(20261123)
     path = tmp_path_factory.mktemp("webcam") / "codes.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (W, H))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 30.0, (W, H))
     assert writer.isOpened()
     qa, qb = synth.qr_image(QR_A), synth.qr_image(QR_B)
     ex, ey = synth.linear_image(EAN_X, "EAN13"), synth.linear_image(EAN_Y, "EAN13")
@@ -152,6 +152,7 @@ def test_stop_ends_a_running_reader(video: Path) -> None:
 def test_missing_file_reports_error_and_ends(tmp_path: Path) -> None:
     events = list(WebcamReader(str(tmp_path / "nope.avi"), name="cam"))
     assert [e.state for e in events if isinstance(e, ReaderStatus)] == [ReaderState.ERROR]
+    assert isinstance(events[0], ReaderStatus)
     assert events[0].message == "cannot open video file"
 
 
@@ -159,7 +160,7 @@ def test_open_failure_retries_with_backoff_until_stopped(tmp_path: Path) -> None
     reader = WebcamReader(
         str(tmp_path / "nope.avi"), name="cam", reconnect=True, backoff=0.01, backoff_max=0.02
     ).start()
-    states = []
+    states: list[ReaderState] = []
     while len(states) < 6:
         event = reader.get(timeout=5)
         assert isinstance(event, ReaderStatus)

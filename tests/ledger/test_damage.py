@@ -155,10 +155,10 @@ def test_the_api_answers_503_ledger_damaged_and_writes_nothing(tmp_path: Path) -
 
 def test_damage_is_told_from_other_database_errors(tmp_path: Path) -> None:
     corrupt = sqlite3.DatabaseError("database disk image is malformed")
-    corrupt.sqlite_errorname = "SQLITE_CORRUPT"  # type: ignore[attr-defined]
+    corrupt.sqlite_errorname = "SQLITE_CORRUPT"
     assert damage_reason(corrupt) == "database disk image is malformed"
     locked = sqlite3.OperationalError("database is locked")
-    locked.sqlite_errorname = "SQLITE_BUSY"  # type: ignore[attr-defined]
+    locked.sqlite_errorname = "SQLITE_BUSY"
     assert damage_reason(locked) is None
     # a constraint is a bug or a race, not a damaged file: it is not reported as damage
     conn = sqlite3.connect(tmp_path / "x.sqlite")

@@ -3,13 +3,14 @@ SQLite ledger in tmp_path. Day 0 is 2025-01-01 09:00 UTC."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 
 from pos_loyalty.api import create_app
 from pos_loyalty.bootstrap import open_service
@@ -56,21 +57,29 @@ class Shop:
     def enrol(self, when: str = at(0), **profile: Any) -> dict[str, Any]:
         r = self.c.post("/v1/customers", json={"at": when, **profile})
         assert r.status_code == 201, r.text
-        return r.json()
+        return cast(dict[str, Any], r.json())
 
-    def body(self, card: str | None, lines: list[dict[str, Any]], when: str, **kw: Any) -> dict:
+    def body(
+        self, card: str | None, lines: list[dict[str, Any]], when: str, **kw: Any
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"lines": lines, "at": when, **kw}
         if card is not None:
             body["card"] = card
         return body
 
-    def quote(self, card: str | None, lines: list[dict[str, Any]], when: str = at(1), **kw: Any):
-        return self.c.post("/v1/baskets/quote", json=self.body(card, lines, when, **kw))
+    def quote(
+        self, card: str | None, lines: list[dict[str, Any]], when: str = at(1), **kw: Any
+    ) -> Response:
+        return cast(
+            Response, self.c.post("/v1/baskets/quote", json=self.body(card, lines, when, **kw))
+        )
 
-    def sale(self, card: str | None, lines: list[dict[str, Any]], when: str = at(1), **kw: Any):
+    def sale(
+        self, card: str | None, lines: list[dict[str, Any]], when: str = at(1), **kw: Any
+    ) -> Response:
         self.n += 1
         body = self.body(card, lines, when, receipt_id=f"R-{self.n}", **kw)
-        r = self.c.post("/v1/baskets/commit", json=body)
+        r: Response = self.c.post("/v1/baskets/commit", json=body)
         return r
 
     def ok(self, r: Any) -> dict[str, Any]:
@@ -92,8 +101,14 @@ class Shop:
         return dict(r.json())
 
 
+class MakeShop(Protocol):
+    """The ``shop`` fixture: a shop from ``base`` plus ``extra`` (TOML text)."""
+
+    def __call__(self, extra: str, base: str = ...) -> Shop: ...
+
+
 @pytest.fixture
-def shop(tmp_path: Path) -> Iterator[Callable[[str], Shop]]:
+def shop(tmp_path: Path) -> Iterator[MakeShop]:
     opened: list[Any] = []
 
     def make(extra: str, base: str = BASE) -> Shop:

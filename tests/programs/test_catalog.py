@@ -3,7 +3,9 @@ referrals and nudges through the plugin API, with exact numbers."""
 
 from __future__ import annotations
 
-from .conftest import at, ln
+from pathlib import Path
+
+from .conftest import MakeShop, at, ln
 
 GUARDS = """
 [guards]
@@ -55,7 +57,7 @@ valid_until = 2025-01-03T08:59:59+00:00
 """
 
 
-def test_cap_stacking_store_scope_and_window(shop) -> None:
+def test_cap_stacking_store_scope_and_window(shop: MakeShop) -> None:
     s = shop(GUARDS)
     card = s.enrol()["card"]["code"]
     basket = [ln("a", 1000), ln("b", 999)]
@@ -90,7 +92,7 @@ reward_min_spend = 5000
 """
 
 
-def test_signed_coupon_issue_use_once_and_forgeries(shop, tmp_path) -> None:
+def test_signed_coupon_issue_use_once_and_forgeries(shop: MakeShop, tmp_path: Path) -> None:
     s = shop(COUPON)
     enrolled = s.enrol()
     card, cid = enrolled["card"]["code"], enrolled["customer_id"]
@@ -132,7 +134,7 @@ valid_days = 7
 """
 
 
-def test_next_visit_offer_window(shop) -> None:
+def test_next_visit_offer_window(shop: MakeShop) -> None:
     s = shop(NEXT)
     card = s.enrol()["card"]["code"]
     first = s.ok(s.sale(card, [ln("a", 1000)], at(1)))
@@ -165,7 +167,7 @@ get = 1
 """
 
 
-def test_bundles_best_allocation_and_buy_x_get_y(shop) -> None:
+def test_bundles_best_allocation_and_buy_x_get_y(shop: MakeShop) -> None:
     s = shop(COMBOS)
     lines = [
         ln("latte", 360, "coffee"),
@@ -195,7 +197,7 @@ payout = false
 """
 
 
-def test_cashback_wallet_earn_pay_refund_payout(shop) -> None:
+def test_cashback_wallet_earn_pay_refund_payout(shop: MakeShop) -> None:
     s = shop(WALLET)
     e = s.enrol()
     card, cid = e["card"]["code"], e["customer_id"]
@@ -220,7 +222,7 @@ def test_cashback_wallet_earn_pay_refund_payout(shop) -> None:
     assert refused.json()["error"]["code"] == "payout_not_allowed"
 
 
-def test_wallet_payout_when_allowed(shop) -> None:
+def test_wallet_payout_when_allowed(shop: MakeShop) -> None:
     s = shop(WALLET.replace("payout = false", "payout = true"))
     e = s.enrol()
     s.ok(s.sale(e["card"]["code"], [ln("a", 10000)]))
@@ -251,7 +253,7 @@ valid_until = 2025-01-02T23:59:59+00:00
 """
 
 
-def test_cardholder_exclusives_by_tag_and_window(shop) -> None:
+def test_cardholder_exclusives_by_tag_and_window(shop: MakeShop) -> None:
     s = shop(MEMBER)
     card = s.enrol()["card"]["code"]
     staff = s.enrol(tags=["staff"])["card"]["code"]
@@ -291,7 +293,7 @@ amount = 20
 """
 
 
-def test_gift_voucher_green_and_nudges(shop) -> None:
+def test_gift_voucher_green_and_nudges(shop: MakeShop) -> None:
     s = shop(GIFT)
     card = s.enrol()["card"]["code"]
     short = s.ok(s.quote(card, [ln("a", 2270)]))
@@ -332,7 +334,7 @@ referrer_max = 175
 """
 
 
-def test_referral_growing_reward_and_self_referral(shop) -> None:
+def test_referral_growing_reward_and_self_referral(shop: MakeShop) -> None:
     s = shop(REFERRAL)
     ada = s.enrol(email="ada@example.com")
     code = ada["referral_code"]
@@ -350,7 +352,7 @@ def test_referral_growing_reward_and_self_referral(shop) -> None:
         assert ada_now["balances"]["points"]["balance"] == {100: 100, 150: 250, 175: 425}[expected]
 
 
-def test_referral_on_first_purchase_above_minimum(shop) -> None:
+def test_referral_on_first_purchase_above_minimum(shop: MakeShop) -> None:
     s = shop(REFERRAL + 'trigger = "first_purchase"\nmin_amount = 1000\n')
     ada = s.enrol()
     friend = s.enrol(referral_code=ada["referral_code"])

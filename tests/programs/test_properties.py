@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -54,7 +57,10 @@ line = st.builds(
         max_size=6,
     )
 )
-def test_random_baskets_under_all_programs(tmp_path_factory, baskets) -> None:
+def test_random_baskets_under_all_programs(
+    tmp_path_factory: pytest.TempPathFactory,
+    baskets: list[tuple[list[dict[str, Any]], bool, bool, random.Random]],
+) -> None:
     client = all_enabled(tmp_path_factory.mktemp("p"))
     card = client.post("/v1/customers", json={"at": "2025-01-01T09:00:00+00:00"}).json()
     code = card["card"]["code"]

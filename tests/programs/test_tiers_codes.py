@@ -5,10 +5,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from pos_loyalty.cli import main
 from pos_loyalty.domain.ids import LIFETIME_LOT
 
-from .conftest import BASE, at, ln
+from .conftest import BASE, MakeShop, at, ln
 
 TIERS = """
 [[programs]]
@@ -30,7 +32,7 @@ percent_off_bp = 500
 """
 
 
-def test_tier_thresholds_inclusive_and_current_sale_counts(shop) -> None:
+def test_tier_thresholds_inclusive_and_current_sale_counts(shop: MakeShop) -> None:
     s = shop(TIERS)
     card = s.enrol()["card"]["code"]
     first = s.ok(s.sale(card, [ln("cake", 9999)]))  # one minor unit short of silver
@@ -50,7 +52,7 @@ def test_tier_thresholds_inclusive_and_current_sale_counts(shop) -> None:
     assert s.scan(card, at(5))["tier"] == "gold"
 
 
-def test_refund_reverses_tier_spend_and_tier_in_every_answer(shop) -> None:
+def test_refund_reverses_tier_spend_and_tier_in_every_answer(shop: MakeShop) -> None:
     s = shop(TIERS.replace('downgrade = "never"', ""))
     card = s.enrol()["card"]["code"]
     assert s.enrol(at(0))["tier"] == "bronze"
@@ -73,7 +75,7 @@ def _lots(data_dir: Path, program: str) -> list[tuple[object, int]]:
 
 
 def test_lifetime_spend_is_one_lot_per_customer_however_many_visits(
-    shop, tmp_path: Path, capsys
+    shop: MakeShop, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     s = shop(TIERS)
     card = s.enrol()["card"]["code"]
@@ -98,7 +100,7 @@ def test_lifetime_spend_is_one_lot_per_customer_however_many_visits(
     )
 
 
-def test_points_that_never_expire_are_one_lot_per_customer(shop, tmp_path: Path) -> None:
+def test_points_that_never_expire_are_one_lot_per_customer(shop: MakeShop, tmp_path: Path) -> None:
     # The base file's points program (1 point per 1.00), set never to expire.
     s = shop("", base=BASE.replace('label = "Points"', 'label = "Points"\nexpiry_days = 0'))
     card = s.enrol()["card"]["code"]
@@ -121,7 +123,7 @@ def test_points_that_never_expire_are_one_lot_per_customer(shop, tmp_path: Path)
     )
 
 
-def test_points_that_expire_keep_a_lot_per_sale(shop, tmp_path: Path) -> None:
+def test_points_that_expire_keep_a_lot_per_sale(shop: MakeShop, tmp_path: Path) -> None:
     s = shop("")  # the base file's points program: they expire 365 days after (the default)
     card = s.enrol()["card"]["code"]
     for n in range(3):
@@ -131,7 +133,7 @@ def test_points_that_expire_keep_a_lot_per_sale(shop, tmp_path: Path) -> None:
     assert LIFETIME_LOT not in {lot for lot, _ in lots}
 
 
-def test_rolling_window_spend_keeps_a_lot_per_sale(shop, tmp_path: Path) -> None:
+def test_rolling_window_spend_keeps_a_lot_per_sale(shop: MakeShop, tmp_path: Path) -> None:
     s = shop(
         TIERS.replace('label = "Tiers"', 'label = "Tiers"\nwindow = "rolling"\nwindow_days = 30')
     )
@@ -142,7 +144,7 @@ def test_rolling_window_spend_keeps_a_lot_per_sale(shop, tmp_path: Path) -> None
     assert len(lots) == 3 and LIFETIME_LOT not in {lot for lot, _ in lots}
 
 
-def test_rolling_window_with_window_downgrade(shop) -> None:
+def test_rolling_window_with_window_downgrade(shop: MakeShop) -> None:
     s = shop(
         TIERS.replace(
             'label = "Tiers"',
@@ -178,7 +180,7 @@ min_qty = 2
 """
 
 
-def test_promo_code_amount_and_rejections(shop) -> None:
+def test_promo_code_amount_and_rejections(shop: MakeShop) -> None:
     s = shop(PROMO)
     card = s.enrol()["card"]["code"]
     before = s.head()
@@ -202,7 +204,7 @@ def test_promo_code_amount_and_rejections(shop) -> None:
     s.refused(s.quote(third, [ln("a", 3000)], at(2), codes=["TAKE5"]), "code_used_up")
 
 
-def test_percent_code_on_category_with_min_qty(shop) -> None:
+def test_percent_code_on_category_with_min_qty(shop: MakeShop) -> None:
     s = shop(PROMO)
     card = s.enrol()["card"]["code"]
     err = s.refused(

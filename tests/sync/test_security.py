@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypedDict
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 
 from pos_loyalty.ledger.store import Ledger
 from sync.client import _wire
@@ -34,7 +36,14 @@ def credential(
     return {"authorization": "Bearer " + r.json()["credential"]}
 
 
-def batch(tmp_path: Path, terminal: str, n: int = 2) -> dict[str, object]:
+class Batch(TypedDict):
+    """A push request body as JSON."""
+
+    terminal_id: str
+    events: list[dict[str, Any]]
+
+
+def batch(tmp_path: Path, terminal: str, n: int = 2) -> Batch:
     ledger = Ledger(tmp_path / f"{terminal}-{n}.sqlite", terminal)
     events = append(ledger, [credit(terminal, "c1", 5) for _ in range(n)])
     ledger.close()
@@ -45,9 +54,9 @@ def nothing_written(store: ServerStore) -> None:
     assert store.count("events") == 0 and store.count("chain") == 0
 
 
-def refused(response: object, status: int, code: str) -> None:
-    assert response.status_code == status, response.text  # type: ignore[attr-defined]
-    assert response.json()["error"]["code"] == code  # type: ignore[attr-defined]
+def refused(response: Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
 
 
 def test_till_presenting_another_tills_id(
@@ -108,17 +117,17 @@ def test_oversized_and_malformed_batches(
     body = batch(tmp_path, "t1")
     body["events"][0]["payload"] = json.dumps(
         {"p": [{"program": "points", "unit": "points", "delta": 999}], "d": {}}
-    )  # type: ignore[index]
+    )
     refused(http.post("/v1/sync/push", json=body, headers=auth), 422, "bad_hash")
     body = batch(tmp_path, "t1")
     # A lone surrogate (valid JSON escape, not encodable as UTF-8): refused, not a 500.
-    body["events"][0]["payload"] = '{"d":{"reason":"\\ud800"},"p":[]}'  # type: ignore[index]
+    body["events"][0]["payload"] = '{"d":{"reason":"\\ud800"},"p":[]}'
     refused(http.post("/v1/sync/push", json=body, headers=auth), 422, "bad_hash")
     body = batch(tmp_path, "t1")
-    body["events"].reverse()  # type: ignore[attr-defined]
+    body["events"].reverse()
     refused(http.post("/v1/sync/push", json=body, headers=auth), 422, "broken_batch")
     body = batch(tmp_path, "t1")
-    body["events"][0]["seq"] = "one"  # type: ignore[index]
+    body["events"][0]["seq"] = "one"
     refused(http.post("/v1/sync/push", json=body, headers=auth), 422, "invalid_request")
     refused(
         http.post("/v1/sync/push", json={"terminal_id": "t1", "events": []}, headers=auth),

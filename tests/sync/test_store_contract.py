@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text, update
@@ -16,11 +17,11 @@ from sqlalchemy import text, update
 from pos_loyalty.domain.events import Event, Kind, Posting, Unit
 from pos_loyalty.domain.ids import expiry_event_id, lot_id, uuid7
 from pos_loyalty.ledger.codec import chain_hash, payload_of
-from pos_loyalty.ledger.replication import Answer, Replica, StoredEvent
+from pos_loyalty.ledger.replication import Answer, Replica, StoredEvent, Stub
 from pos_loyalty.ledger.store import Ledger
 from pos_loyalty.ledger.verify import verify
 from sync.client import _stored, _wire
-from sync.protocol import PushRequest, Status, WireEvent
+from sync.protocol import ChainStub, PushRequest, Status, WireEvent
 from sync.server import schema as server_schema
 from sync.server.store import ServerStore, SyncError, TillAuth
 
@@ -447,23 +448,15 @@ def test_concurrent_pushes_sharing_customers_add_up_and_flag_in_server_order(
     assert flagged  # the run does overdraw (else the flags were not tested)
 
 
-def _fields(w: WireEvent) -> dict[str, object]:
+def _fields(w: WireEvent) -> dict[str, Any]:
     d = w.model_dump()
     d["prev_hash"] = bytes.fromhex(d["prev_hash"])
     d["hash"] = bytes.fromhex(d["hash"])
     return d
 
 
-def _stub(s: object) -> object:
-    from pos_loyalty.ledger.replication import Stub
-
-    return Stub(
-        s.terminal_id,  # type: ignore[attr-defined]
-        s.seq,  # type: ignore[attr-defined]
-        s.id,  # type: ignore[attr-defined]
-        bytes.fromhex(s.prev_hash),  # type: ignore[attr-defined]
-        bytes.fromhex(s.hash),  # type: ignore[attr-defined]
-    )
+def _stub(s: ChainStub) -> Stub:
+    return Stub(s.terminal_id, s.seq, s.id, bytes.fromhex(s.prev_hash), bytes.fromhex(s.hash))
 
 
 def test_ingest_json_is_the_push_response(store: ServerStore, tmp_path: Path) -> None:

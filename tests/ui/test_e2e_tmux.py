@@ -69,6 +69,7 @@ def terminal(tmp_path: Path) -> Iterator[tuple[Tmux, Path, int]]:
     data = tmp_path / "till"
     command = f"{sys.executable} -m pos_loyalty.cli --data-dir {data} terminal --demo --port {port}"
     env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TERM": "xterm-256color"}
+    assert TMUX is not None
     subprocess.run(
         [TMUX, "-u", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", command],
         check=True,

@@ -369,7 +369,7 @@ async def test_unexpected_failure_is_shown_in_words(
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("disk on fire")
 
-    till.lookup = broken  # type: ignore[method-assign]
+    till.lookup = broken  # type: ignore[method-assign,assignment]  # a failing stand-in
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await type_text(pilot, codes[0])
