@@ -220,9 +220,13 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
         log.warning("ledger busy: %s", type(exc).__name__)
         return error(503, "ledger_busy", "The till's ledger is busy; try again in a moment.")
 
+    told: set[str] = set()  # ledger troubles already logged: once each, not per request
+
     @app.exception_handler(LedgerError)
     async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
-        log.error("ledger unavailable: %s", exc)
+        if str(exc) not in told:
+            told.add(str(exc))
+            log.error("ledger unavailable: %s", exc)
         if isinstance(exc, LedgerDamaged):
             return error(
                 503,

@@ -46,12 +46,14 @@ def events_router(
         summary="Card reads and sync status as Server-Sent Events",
     )
     async def events(request: Request) -> StreamingResponse:
+        # Before the stream starts: a till that cannot answer (a damaged ledger) gets its
+        # JSON error from the app's handlers, not a stream cut after its headers.
+        first = await asyncio.to_thread(hello) if hello else {}
         sub = source.subscribe()
 
         async def stream() -> AsyncIterator[bytes]:
             try:
                 yield b"retry: 3000\n"
-                first = await asyncio.to_thread(hello) if hello else {}
                 yield format_event(BusEvent(0, "hello", dict(first)))
                 dropped = 0
                 while not await request.is_disconnected():

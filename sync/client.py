@@ -9,6 +9,7 @@ and ``apply_pulled`` make the repeat a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -413,7 +414,15 @@ class SyncClient:
 
     def round(self) -> RoundResult:
         result = self.push()
-        result.pulled = self.pull()
+        try:
+            result.pulled = self.pull()
+        except SyncFailed as exc:
+            if exc.code == "pulled_event_refused":
+                # A page this till refuses must not also hold back the program
+                # configuration: fetched all the same, then the round fails as it must.
+                with contextlib.suppress(SyncFailed):
+                    self.fetch_programs()
+            raise
         # Booked reconciliations (superseded expiries) are own events too: push them now.
         extra = self.push()
         result.pushed += extra.pushed

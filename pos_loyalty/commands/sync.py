@@ -466,6 +466,7 @@ def _sync(args: argparse.Namespace, settings: Any) -> int:
         )
         if not args.once:
             signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
+            ledger.start_file_check()  # the service runs for months: damage pauses it
         try:
             worker.run(once=args.once)
         except AlreadyRunning as exc:

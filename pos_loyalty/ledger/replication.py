@@ -41,8 +41,17 @@ from pos_loyalty.domain.ids import derived_id
 from pos_loyalty.domain.state import CustomerState
 
 from . import schema
-from .codec import at_text, chain_hash, encode_payload, event_from_row, id_text, kind_text
+from .codec import (
+    GENESIS,
+    at_text,
+    chain_hash,
+    encode_payload,
+    event_from_row,
+    id_text,
+    kind_text,
+)
 from .projections import apply_side_tables, load_state, side_table_problem, store_state
+from .snapshot import baseline_heads
 from .store import Ledger
 
 # Answer reasons of events the server accepted (stored, counted, served) but flagged for an
@@ -466,6 +475,10 @@ def _checked(
         raise PulledEventRefused(f"the server sent {name} that does not decode: {exc}") from None
     if digest != stored.hash:
         raise PulledEventRefused(f"the server sent {name} whose hash does not match its content")
+    if stored.seq == 1:  # a chain's first event follows nothing
+        if stored.prev_hash != GENESIS:
+            raise PulledEventRefused(f"the server sent {name}, a first event that follows another")
+        return event
     before = set(held.get((stored.terminal_id, stored.seq - 1), ()))
     if stored.prev_hash in before:  # the usual case: the event before is in this page
         return event
@@ -478,6 +491,10 @@ def _checked(
                 )
             )
         )
+    # A bootstrapped till holds the chain's head at its snapshot, not the event itself.
+    head = baseline_heads(conn).get(stored.terminal_id)
+    if head is not None and head[0] == stored.seq - 1:
+        before.add(head[1])
     if before and stored.prev_hash not in before:
         raise PulledEventRefused(
             f"the server sent {name} that does not chain to the event before it held here"

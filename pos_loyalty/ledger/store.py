@@ -439,7 +439,7 @@ class Ledger:
                 problems = integrity_problems(raw, quick=True)
             finally:
                 raw.close()
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - a thread of its own: nothing may escape
             reason = damage_reason(exc)
             if reason is None:
                 self.file_check = FileCheck(

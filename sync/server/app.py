@@ -159,7 +159,10 @@ def create_server_app(
         return store.authenticate(credential.strip())
 
     @app.get("/v1/sync/health", response_model=None)
-    def health() -> dict[str, Any] | JSONResponse:
+    def health(request: Request) -> dict[str, Any] | JSONResponse:
+        client = request.client.host if request.client else "?"
+        if not limiter.allow("health:" + client):  # no credentials: each probe reads
+            raise SyncError(429, "rate_limited", "Too many health probes; slow down.")
         problem = store.database_problem()
         if problem is not None:
             log.error("health: database unavailable: %s", problem)

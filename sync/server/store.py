@@ -77,6 +77,7 @@ from sqlalchemy import (
 from sqlalchemy import bindparam as bp
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from pos_loyalty.config import ConfigError, load_programs_text
 from pos_loyalty.domain.events import Kind
@@ -209,7 +210,15 @@ def make_server_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # connect_timeout: during an outage a new connection fails in seconds instead of
+    # holding a request (and a worker thread) for as long as the network takes to give up.
+    return create_engine(
+        url,
+        pool_size=10,
+        max_overflow=20,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 10},
+    )
 
 
 def migrate(engine: Engine) -> None:
@@ -240,28 +249,48 @@ def _first_words(exc: BaseException) -> str:
 
 
 def database_errors() -> tuple[type[Exception], ...]:
-    """The exception classes a database failure can arrive as: SQLAlchemy's wrapper, and
-    the drivers' own (psycopg's COPY path is not wrapped)."""
-    classes: tuple[type[Exception], ...] = (DBAPIError, sqlite3.Error)
+    """The exception classes a database failure can arrive as: SQLAlchemy's wrappers (and
+    its pool's timeout, all connections stuck during an outage), and the drivers' own
+    (psycopg's COPY path is not wrapped)."""
+    classes: tuple[type[Exception], ...] = (DBAPIError, PoolTimeout, sqlite3.Error)
     psycopg = sys.modules.get("psycopg")
     if psycopg is not None:
         classes += (psycopg.Error,)
     return classes
 
 
+# SQLite's result codes for a database that cannot be used right now (locked by another
+# process, the disk failing or full, the file damaged or gone), as opposed to a statement
+# that is wrong ("no such table", a syntax error: a bug, answered 500).
+_SQLITE_TROUBLE = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+    "SQLITE_PROTOCOL",
+)
+
+
 def database_trouble(exc: BaseException) -> str | None:
     """One line saying why the database could not be used, when ``exc`` is the database
     being out of reach rather than a fault in a request or in this code: the connection
     refused, lost or shut down by an administrator, the database dropped, a transaction the
-    database gave up on (PostgreSQL's serialization or deadlock failures), SQLite's locked,
-    I/O, full or damaged file. None for anything else (a constraint, a bad statement).
-    psycopg's COPY path raises the driver's errors unwrapped, so both forms are looked at."""
+    database gave up on (PostgreSQL's serialization or deadlock failures), all pooled
+    connections busy past the pool's timeout, SQLite's locked, I/O, full or damaged file.
+    None for anything else (a constraint, a bad statement). psycopg's COPY path raises the
+    driver's errors unwrapped, so both forms are looked at."""
+    if isinstance(exc, PoolTimeout):
+        return "no database connection free: " + str(exc).split(" (Background")[0]
     orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    trouble: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
+    if isinstance(orig, sqlite3.Error):
+        name = getattr(orig, "sqlite_errorname", None) or ""
+        return _first_words(exc) if name.startswith(_SQLITE_TROUBLE) else None
     psycopg = sys.modules.get("psycopg")
-    if psycopg is not None:
-        trouble += (psycopg.OperationalError, psycopg.InterfaceError)
-    if isinstance(orig, trouble) or type(orig) is sqlite3.DatabaseError:  # corrupt, not a db
+    if psycopg is not None and isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError):
         return _first_words(exc)
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return _first_words(exc)
@@ -308,8 +337,17 @@ class ServerStore:
         """None when the database answers a read of the server's own tables, else one line
         saying why not (for ``/v1/sync/health``)."""
         try:
-            with self.engine.connect() as conn:
-                conn.execute(select(schema.merchants).limit(1)).all()
+            # On the driver's connection, outside SQLAlchemy's transaction: on SQLite that
+            # would be ``BEGIN IMMEDIATE`` (``make_server_engine``), queueing the probe
+            # behind every push for the write lock.
+            pooled = self.engine.raw_connection()
+            try:
+                cursor = pooled.cursor()
+                cursor.execute("SELECT id, name, last_seq FROM merchants LIMIT 1")
+                cursor.fetchall()
+                cursor.close()
+            finally:
+                pooled.close()
         except Exception as exc:  # noqa: BLE001 - any failure is the answer, not a crash
             return database_trouble(exc) or f"{type(exc).__name__}: {_first_words(exc)}"
         return None

@@ -208,6 +208,9 @@ def test_the_file_check_stops_a_till_on_damage_its_reads_have_not_met(tmp_path: 
         client = TestClient(create_app(service), raise_server_exceptions=False)
         r = client.get(f"/v1/cards/{card}")
         assert r.status_code == 503 and r.json()["error"]["code"] == "ledger_damaged"
+        # The event stream answers the same before it starts (its hello reads the ledger).
+        r = client.get("/v1/events")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "ledger_damaged"
         assert files(path) == before
     finally:
         service.ledger.close()

@@ -222,3 +222,45 @@ def test_a_restored_tills_new_epoch_is_pulled_and_verifies_everywhere(
         assert report.ok, (till.terminal_id, report.problems)
     assert nonzero(till_balances(b)) == nonzero(store.balances("m1"))
     assert nonzero(till_balances(c)) == nonzero(store.balances("m1"))
+
+
+def test_a_first_event_that_follows_another_is_refused(
+    store: ServerStore, live_server: LiveServer, make_till: Callable[..., Till]
+) -> None:
+    """A chain's seq 1 follows nothing: one served with another ``prev_hash`` (and a hash
+    that matches it) would make this till's `ledger verify` fail for ever."""
+    a, b, _ = _two_tills(store, live_server, make_till)
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            select(EVENTS).where(EVENTS.c.terminal_id == a.terminal_id, EVENTS.c.seq == 1)
+        ).one()
+    other = bytes([0x22]) * 32
+    with _changed_on_server(
+        store, row.id, prev_hash=other, hash=chain_hash(other, event_from_row(row))
+    ):
+        exc = _refused(b)
+        assert f"event {row.id} (till {a.terminal_id}, seq 1)" in str(exc)
+        assert "a first event that follows another" in str(exc)
+        assert event_ids(b) == set()
+    sync_round(b)
+    assert verify(b.service.ledger).ok
+
+
+def test_a_refused_page_does_not_hold_back_the_program_configuration(
+    store: ServerStore, live_server: LiveServer, make_till: Callable[..., Till]
+) -> None:
+    from .test_program_config import FIVE_PER_EURO, TillSync
+
+    a, b, _ = _two_tills(store, live_server, make_till)
+    with store.engine.connect() as conn:
+        sale_id = _newest_sale(conn, a.terminal_id)[0]
+    store.set_program_config("m1", FIVE_PER_EURO)
+    sync = TillSync(b)
+    try:
+        with _changed_on_server(store, sale_id, payload="{not json"):
+            with pytest.raises(SyncFailed) as refused:
+                sync.round()
+            assert refused.value.code == "pulled_event_refused"
+            assert b.service.programs_version == 1
+    finally:
+        sync.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from pos_loyalty.ledger.verify import verify
 from pos_loyalty.service import Profile
@@ -160,14 +161,55 @@ def test_a_damaged_sqlite_file_is_a_503_not_a_traceback(
         store.close()
 
 
+def _sqlite_error(cls: type[sqlite3.Error], message: str, name: str) -> sqlite3.Error:
+    exc = cls(message)
+    exc.sqlite_errorname = name  # as sqlite3 sets it when it raises
+    return exc
+
+
 def test_what_counts_as_the_database_being_unavailable() -> None:
     """Failures of the database itself, not faults of a request or of the code."""
     import psycopg
 
-    assert database_trouble(sqlite3.OperationalError("database is locked")) == "database is locked"
-    assert database_trouble(sqlite3.DatabaseError("database disk image is malformed"))
+    locked = _sqlite_error(sqlite3.OperationalError, "database is locked", "SQLITE_BUSY")
+    assert database_trouble(locked) == "database is locked"
+    damaged = _sqlite_error(sqlite3.DatabaseError, "disk image is malformed", "SQLITE_CORRUPT")
+    assert database_trouble(damaged)
+    full = _sqlite_error(sqlite3.OperationalError, "database or disk is full", "SQLITE_FULL")
+    assert database_trouble(full)
     assert database_trouble(psycopg.OperationalError("connection failed:\n  refused"))
-    assert database_trouble(sqlite3.IntegrityError("UNIQUE constraint failed")) is None
-    assert database_trouble(sqlite3.ProgrammingError("no such table")) is None
-    assert database_trouble(IntegrityError("INSERT", {}, sqlite3.IntegrityError("x"))) is None
+    assert database_trouble(PoolTimeout("QueuePool limit of size 10 overflow 20 reached")) == (
+        "no database connection free: QueuePool limit of size 10 overflow 20 reached"
+    )
+    # A wrong statement is a bug (500), not an outage the tills should wait out.
+    assert (
+        database_trouble(
+            _sqlite_error(sqlite3.OperationalError, "no such table: x", "SQLITE_ERROR")
+        )
+        is None
+    )
+    constraint = _sqlite_error(
+        sqlite3.IntegrityError, "UNIQUE constraint failed", "SQLITE_CONSTRAINT"
+    )
+    assert database_trouble(constraint) is None
+    assert database_trouble(IntegrityError("INSERT", {}, constraint)) is None
     assert database_trouble(ValueError("not the database")) is None
+
+
+def test_health_does_not_queue_behind_a_writer_and_is_rate_limited(tmp_path: Path) -> None:
+    """A health probe only reads: on SQLite it must not wait for the write lock a push (or
+    here another process) holds. It needs no credentials, so it is rate-limited per client."""
+    path = tmp_path / "server.sqlite"
+    store = ServerStore(f"sqlite:///{path}")
+    server = LiveServer(create_server_app(store, rate=0.001, burst=3))
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # the write lock, held
+        assert _health(server).json() == {"ok": True, "protocol": 1}
+        writer.execute("ROLLBACK")
+        answers = [_health(server).status_code for _ in range(3)]
+        assert answers == [200, 200, 429]
+    finally:
+        writer.close()
+        server.stop()
+        store.close()
