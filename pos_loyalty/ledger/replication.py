@@ -424,10 +424,17 @@ class Replica:
             for stub in stubs:
                 if stub.terminal_id == self.terminal_id:
                     continue
+                unlinked = _link_problem(conn, stub.terminal_id, stub.seq, stub.prev_hash, held)
+                if unlinked:
+                    raise PulledEventRefused(
+                        f"the server sent a stub for event {stub.id} (till {stub.terminal_id}, "
+                        f"seq {stub.seq}) that {unlinked}"
+                    )
                 exists = conn.execute(
                     select(schema.chain_stubs.c.seq).where(
                         schema.chain_stubs.c.terminal_id == stub.terminal_id,
                         schema.chain_stubs.c.seq == stub.seq,
+                        schema.chain_stubs.c.hash == stub.hash,
                     )
                 ).first()
                 if exists is None:
@@ -464,9 +471,7 @@ def _checked(
     conn: Connection, stored: StoredEvent, held: dict[tuple[str, int], set[bytes]]
 ) -> Event:
     """The pulled event decoded, after the checks ``verify`` would make of it on this till
-    (``PulledEventRefused`` when one fails). Its link is checked against every slot of the
-    same till's ``seq - 1`` known here: a restored till's chain forks (a new epoch), and
-    the slot its new events follow may be a stub beside the event of the first epoch."""
+    (``PulledEventRefused`` when one fails): its hash, and its link (``_links``)."""
     name = f"event {stored.id} (till {stored.terminal_id}, seq {stored.seq})"
     try:
         event = event_from_row(stored)
@@ -475,31 +480,45 @@ def _checked(
         raise PulledEventRefused(f"the server sent {name} that does not decode: {exc}") from None
     if digest != stored.hash:
         raise PulledEventRefused(f"the server sent {name} whose hash does not match its content")
-    if stored.seq == 1:  # a chain's first event follows nothing
-        if stored.prev_hash != GENESIS:
-            raise PulledEventRefused(f"the server sent {name}, a first event that follows another")
-        return event
-    before = set(held.get((stored.terminal_id, stored.seq - 1), ()))
-    if stored.prev_hash in before:  # the usual case: the event before is in this page
-        return event
+    problem = _link_problem(conn, stored.terminal_id, stored.seq, stored.prev_hash, held)
+    if problem:
+        raise PulledEventRefused(f"the server sent {name} that {problem}")
+    return event
+
+
+def _link_problem(
+    conn: Connection,
+    terminal_id: str,
+    seq: int,
+    prev_hash: bytes,
+    held: dict[tuple[str, int], set[bytes]],
+) -> str | None:
+    """Why a slot (an event or a stub) with ``prev_hash`` at ``seq`` of ``terminal_id``
+    does not link to what this till holds, or None. It must follow one of the slots held
+    at ``seq - 1``: a restored till's chain forks (a new epoch), so there may be several (an
+    event of the first epoch, stubs of later ones). Nothing held there (a gap: events the
+    server does not serve this till) is no evidence either way."""
+    if seq == 1:  # a chain's first event follows nothing
+        return None if prev_hash == GENESIS else "is a first event that follows another"
+    before = set(held.get((terminal_id, seq - 1), ()))
+    if prev_hash in before:  # the usual case: the slot before is in this page
+        return None
     for table in (schema.events, schema.chain_stubs):
         before.update(
             bytes(row.hash)
             for row in conn.execute(
                 select(table.c.hash).where(
-                    table.c.terminal_id == stored.terminal_id, table.c.seq == stored.seq - 1
+                    table.c.terminal_id == terminal_id, table.c.seq == seq - 1
                 )
             )
         )
     # A bootstrapped till holds the chain's head at its snapshot, not the event itself.
-    head = baseline_heads(conn).get(stored.terminal_id)
-    if head is not None and head[0] == stored.seq - 1:
+    head = baseline_heads(conn).get(terminal_id)
+    if head is not None and head[0] == seq - 1:
         before.add(head[1])
-    if before and stored.prev_hash not in before:
-        raise PulledEventRefused(
-            f"the server sent {name} that does not chain to the event before it held here"
-        )
-    return event
+    if before and prev_hash not in before:
+        return "does not chain to the event before it held here"
+    return None
 
 
 _UNSYNCED = (

@@ -250,7 +250,8 @@ chain_stubs = Table(
     Column("event_id", String(36), nullable=False),
     Column("prev_hash", LargeBinary(32), nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
-    PrimaryKeyConstraint("terminal_id", "seq"),
+    # Several stubs may share a slot: a restored till's forked chain (0007_stub_slots).
+    PrimaryKeyConstraint("terminal_id", "seq", "hash"),
 )
 
 # -- the program catalog (revision 0002_catalog) -------------------------------------------

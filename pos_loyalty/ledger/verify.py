@@ -7,6 +7,7 @@ found names the event: its id, till and sequence number.
 from __future__ import annotations
 
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,32 +134,38 @@ class _ChainCheck:
     def __init__(self, conn: Connection, own_terminal: str, report: Report) -> None:
         self.conn = conn
         self.report = report
+        self.heads = baseline_heads(conn)
         self.last: dict[str, tuple[int, bytes, str]] = {
-            tid: (seq, digest, "") for tid, (seq, digest) in baseline_heads(conn).items()
+            tid: (seq, digest, "") for tid, (seq, digest) in self.heads.items()
         }
         # Slots of other tills' chains whose events the server does not serve (sync): the
         # links are checked through them, the events are not held here.
         # Never for this till's own chain: every one of its events must be here, or a
         # deleted event could hide behind a forged stub.
-        self.stubs = {
-            (s.terminal_id, s.seq): (bytes(s.prev_hash), bytes(s.hash), s.event_id)
-            for s in conn.execute(select(schema.chain_stubs))
-            if s.terminal_id != own_terminal
-        }
+        # Several may share a slot: a restored till's forked chain (0007_stub_slots).
+        self.stubs: dict[tuple[str, int], list[tuple[bytes, bytes, str]]] = defaultdict(list)
+        for s in conn.execute(select(schema.chain_stubs)):
+            if s.terminal_id != own_terminal:
+                self.stubs[(s.terminal_id, s.seq)].append(
+                    (bytes(s.prev_hash), bytes(s.hash), s.event_id)
+                )
 
     def fail(self, what: str, row: Any) -> None:
         self.report.problems.append(Problem(what, row.id, row.terminal_id, row.seq))
 
     def events(self, rows: Iterable[Any], dicts: Any) -> Iterator[Event]:
-        last, stubs = self.last, self.stubs
+        last = self.last
         for row in rows:
             try:
                 ev = event_from_row(row, dicts, strict=True)
             except (ValueError, KeyError, TypeError) as exc:
                 return self.fail(f"cannot be decoded ({exc})", row)
             seq, prev, prev_id = last.get(row.terminal_id, (0, GENESIS, ""))
-            while row.seq > seq + 1 and stubs.get((row.terminal_id, seq + 1), (b"",))[0] == prev:
-                seq, (_, prev, prev_id) = seq + 1, stubs[(row.terminal_id, seq + 1)]
+            while row.seq > seq + 1:  # slots not held here: walk the stubs that continue it
+                after = self._stub(row.terminal_id, seq + 1, prev=prev)
+                if after is None:
+                    break
+                seq, (_, prev, prev_id) = seq + 1, after
             if row.seq != seq + 1:
                 gap = f"after seq {seq}" + (f" (event {prev_id})" if prev_id else "")
                 return self.fail(f"sequence gap: expected seq {seq + 1} {gap}", row)
@@ -167,8 +174,8 @@ class _ChainCheck:
                 # Another till restored from a backup forked its chain (a new epoch): its
                 # new events follow the slot the server quarantined, held here as a stub
                 # beside the event of the first epoch at the same seq.
-                fork = stubs.get((row.terminal_id, seq))
-                if fork is None or fork[1] != bytes(row.prev_hash):
+                fork = self._stub(row.terminal_id, seq, digest=bytes(row.prev_hash))
+                if fork is None or not self._follows(row.terminal_id, seq, fork[0]):
                     return self.fail("does not chain to the previous event", row)
                 prev = fork[1]
             if chain_hash(prev, ev) != bytes(row.hash):
@@ -183,6 +190,34 @@ class _ChainCheck:
             self.report.events += 1
             yield ev
         self.report.terminals = len(last)
+
+    def _stub(
+        self, terminal_id: str, seq: int, *, prev: bytes | None = None, digest: bytes | None = None
+    ) -> tuple[bytes, bytes, str] | None:
+        """The stub at (``terminal_id``, ``seq``) that follows ``prev`` or has hash
+        ``digest``."""
+        for stub in self.stubs.get((terminal_id, seq), ()):
+            if (prev is None or stub[0] == prev) and (digest is None or stub[1] == digest):
+                return stub
+        return None
+
+    def _follows(self, terminal_id: str, seq: int, prev_hash: bytes) -> bool:
+        """Whether a slot at ``seq`` with ``prev_hash`` follows one held at ``seq - 1``
+        (an event, a stub, the baseline's head; the genesis for seq 1). A fork's stub must
+        hang on the same chain, not float free."""
+        if seq == 1:
+            return prev_hash == GENESIS
+        if any(stub[1] == prev_hash for stub in self.stubs.get((terminal_id, seq - 1), ())):
+            return True
+        head = self.heads.get(terminal_id)
+        if head is not None and head == (seq - 1, prev_hash):
+            return True
+        row = self.conn.execute(
+            select(schema.events.c.hash).where(
+                schema.events.c.terminal_id == terminal_id, schema.events.c.seq == seq - 1
+            )
+        ).first()
+        return row is not None and bytes(row.hash) == prev_hash
 
     def heads_match(self) -> bool:
         for head in self.conn.execute(select(schema.heads)):
