@@ -23,6 +23,7 @@ imported inside ``run``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -85,6 +86,11 @@ def register(sub: Any) -> None:
     q.add_argument("--merchant", help="only this merchant's tills")
     server_sub.add_parser("conflicts", help="list conflicts recorded at ingest")
     server_sub.add_parser("overdrafts", help="list balances booked negative by redemptions")
+    p = server_sub.add_parser(
+        "verify",
+        help="check every till chain the server holds (hashes, links), as the tills would",
+    )
+    p.add_argument("--merchant", help="only this merchant's tills")
 
     p = sub.add_parser("pair", help="pair this till with a central server")
     p.add_argument("--server", required=True, help="the server's URL (https in production)")
@@ -165,6 +171,8 @@ def _server(args: argparse.Namespace, settings: Any) -> int:
             return _programs(args, store)
         if args.server_command == "terminals":
             return _terminals(args, store)
+        if args.server_command == "verify":
+            return _verify_server(args, store)
         if args.server_command in ("conflicts", "overdrafts"):
             rows = store.conflicts() if args.server_command == "conflicts" else store.overdrafts()
             if args.json:
@@ -196,6 +204,38 @@ def _server(args: argparse.Namespace, settings: Any) -> int:
         return _fail(f"{exc.code}: {exc.message}")
     finally:
         store.close()
+
+
+def _verify_server(args: argparse.Namespace, store: Any) -> int:
+    from sync.server.verify import verify_chains
+
+    report = verify_chains(store, args.merchant)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "events": report.events,
+                    "slots": report.slots,
+                    "terminals": report.terminals,
+                    "problems": [dataclasses.asdict(p) for p in report.problems],
+                    "more_problems": report.more_problems,
+                }
+            )
+        )
+    else:
+        scope = f"merchant {args.merchant}" if args.merchant else "all merchants"
+        for problem in report.problems:
+            print(problem.line())
+        if report.more_problems:
+            print(f"... and {report.more_problems} more")
+        found = len(report.problems) + report.more_problems
+        verdict = "ok" if report.ok else f"{found} problem(s)"
+        print(
+            f"{verdict}: {report.events} events and {report.slots} chain slots of "
+            f"{report.terminals} till(s) checked ({scope})"
+        )
+    return 0 if report.ok else 1
 
 
 def _programs(args: argparse.Namespace, store: Any) -> int:
