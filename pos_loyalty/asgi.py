@@ -67,10 +67,14 @@ class InternalErrors:
     reaches Starlette's handler.
     """
 
-    def __init__(self, app: ASGIApp, *, message: str, log: logging.Logger) -> None:
+    def __init__(
+        self, app: ASGIApp, *, message: str, log: logging.Logger, traceback: bool = False
+    ) -> None:
         self.app = app
         self.message = message
         self.log = log
+        # The central server's requests carry no scans: its log keeps the traceback (once).
+        self.traceback = traceback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,7 +92,12 @@ class InternalErrors:
             await self.app(scope, receive, watched)
         except Exception as exc:  # noqa: BLE001 - the last resort: answered and logged here
             route = getattr(scope.get("route"), "path", "?")
-            self.log.error("internal error in %s: %s", route, type(exc).__name__)
+            self.log.error(
+                "internal error in %s: %s",
+                route,
+                type(exc).__name__,
+                exc_info=exc if self.traceback else None,
+            )
             if not started:
                 await error(500, "internal_error", self.message)(scope, receive, send)
 

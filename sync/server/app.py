@@ -21,7 +21,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
-from pos_loyalty.asgi import HTTP_ERROR_CODES, BodyLimit, error, http_error, refusal
+from pos_loyalty.asgi import (
+    HTTP_ERROR_CODES,
+    BodyLimit,
+    InternalErrors,
+    error,
+    http_error,
+    refusal,
+)
 from sync.protocol import (
     MAX_PAGE,
     MAX_SNAPSHOT_PAGE,
@@ -144,11 +151,6 @@ def create_server_app(
     for cls in database_errors():
         app.add_exception_handler(cls, _database)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error: %s", type(exc).__name__)
-        return error(500, "internal_error", "The server failed; nothing was written.")
-
     def till(request: Request) -> TillAuth:
         header = request.headers.get("authorization", "")
         scheme, _, credential = header.partition(" ")
@@ -261,4 +263,12 @@ def create_server_app(
             )
         return ProgramConfig(version=version, config=text, merchant_id=auth.merchant_id)
 
+    # Outermost: a fault no handler took is answered 500 and logged once, with its
+    # traceback (Starlette's own handler would re-raise to uvicorn, which logs it again).
+    app.add_middleware(
+        InternalErrors,
+        message="The server failed; nothing was written.",
+        log=log,
+        traceback=True,
+    )
     return BodyLimit(app, max_body_bytes)  # shared with the plugin API

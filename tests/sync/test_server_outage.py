@@ -213,3 +213,34 @@ def test_health_does_not_queue_behind_a_writer_and_is_rate_limited(tmp_path: Pat
         writer.close()
         server.stop()
         store.close()
+
+
+def test_a_fault_in_the_server_is_a_500_logged_once_with_its_traceback(
+    tmp_path: Path, server_logs: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ServerStore(f"sqlite:///{tmp_path / 'server.sqlite'}")
+    server = _served(store)
+    uvicorn_log = logging.getLogger("uvicorn.error")  # its own handlers; watched here too
+    uvicorn_log.addHandler(server_logs.handler)
+    try:
+        token = store.create_pairing_token("till-a", "m1", "s1")
+        credential = httpx.post(f"{server.url}/v1/sync/pair", json={"token": token}).json()[
+            "credential"
+        ]
+
+        def broken(*_: object, **__: object) -> None:
+            raise RuntimeError("a bug in the pull")
+
+        monkeypatch.setattr(store, "pull", broken)
+        r = httpx.get(
+            f"{server.url}/v1/sync/pull", headers={"authorization": f"Bearer {credential}"}
+        )
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        assert "a bug" not in r.text
+    finally:
+        uvicorn_log.removeHandler(server_logs.handler)
+        server.stop()
+        store.close()
+    faults = [r for r in server_logs.records if r.exc_info is not None]
+    assert [r.getMessage() for r in faults] == ["internal error in /v1/sync/pull: RuntimeError"]
+    assert "Exception in ASGI application" not in server_logs.text
