@@ -20,7 +20,7 @@ from pos_loyalty.domain.basket import Basket, BasketLine, Redemption, WalletPaym
 from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.domain.money import format_minor
 from pos_loyalty.domain.refund import RefundRequestLine
-from pos_loyalty.ledger.store import LedgerError
+from pos_loyalty.ledger.store import FILE_CHECK_EVERY, LedgerError
 from pos_loyalty.service import Profile, RefundRequest, SaleRequest, Service
 
 
@@ -337,7 +337,7 @@ def run_agent(args: argparse.Namespace, settings: Settings) -> int:
     if args.demo:
         codes = seed_demo(service)
         print("demo cards: " + ", ".join(codes), flush=True)
-    service.ledger.start_file_check()  # in the background; damage stops loyalty
+    service.ledger.start_file_check(every=FILE_CHECK_EVERY)  # background; damage stops loyalty
     print(
         f"pos-loyalty agent: till {settings.terminal_id}, ledger {service.ledger.path}, "
         f"plugin API on http://{host}:{port}/v1 (OpenAPI at /openapi.json)",

@@ -474,7 +474,7 @@ def _sync(args: argparse.Namespace, settings: Any) -> int:
 
     from pos_loyalty.bootstrap import ledger_path
     from pos_loyalty.ledger.replication import Credentials, Replica
-    from pos_loyalty.ledger.store import Ledger
+    from pos_loyalty.ledger.store import FILE_CHECK_EVERY, Ledger
     from pos_loyalty.server_programs import ServerPrograms
     from sync.client import SyncFailed
     from sync.daemon import AlreadyRunning, SyncWorker
@@ -506,7 +506,7 @@ def _sync(args: argparse.Namespace, settings: Any) -> int:
         )
         if not args.once:
             signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
-            ledger.start_file_check()  # the service runs for months: damage pauses it
+            ledger.start_file_check(every=FILE_CHECK_EVERY)  # runs for months: damage pauses it
         try:
             worker.run(once=args.once)
         except AlreadyRunning as exc:

@@ -143,7 +143,9 @@ def run(args: argparse.Namespace, settings: Any) -> int:
             from pos_loyalty.demo import seed_demo
 
             notice = "Demo cards: " + ", ".join(seed_demo(service))
-        service.ledger.start_file_check()  # in the background; damage stops loyalty
+        from pos_loyalty.ledger.store import FILE_CHECK_EVERY
+
+        service.ledger.start_file_check(every=FILE_CHECK_EVERY)  # damage stops loyalty
         bus = EventBus()
         embedded = start_embedded_sync(service)
         provider = EmbeddedSyncStatus(embedded)

@@ -62,6 +62,10 @@ class LedgerError(Exception):
     """The ledger file cannot be used (corrupt, not a ledger, locked for too long)."""
 
 
+# How often a long-running till (agent, terminal, sync service) checks its whole file again.
+FILE_CHECK_EVERY = 24 * 3600.0
+
+
 class LedgerDamaged(LedgerError):
     """SQLite found the ledger file damaged while using it (a torn or overwritten page, a
     disk fault): what was being done was rolled back, nothing was written."""
@@ -399,6 +403,7 @@ class Ledger:
         self.states = StateCache()
         self.file_check = FileCheck("not_started")
         self._damage: str | None = None  # set by the file check: every transaction refused
+        self._closed = threading.Event()
         # The compression dictionaries of stored payloads and answers (``codec``).
         self.dicts = Dictionaries()
         try:
@@ -413,9 +418,10 @@ class Ledger:
             raise LedgerError(f"{self.path} is not a usable ledger: {reason}") from None
 
     def close(self) -> None:
+        self._closed.set()  # ends a repeating file check
         self.engine.dispose()
 
-    def start_file_check(self) -> threading.Thread:
+    def start_file_check(self, every: float | None = None) -> threading.Thread:
         """Run SQLite's quick check of the whole file in a background thread (a long-running
         till: the agent, the terminal), on a read-only connection of its own: sales go on
         meanwhile (WAL), and SQLite works without holding the GIL. What it finds is in
@@ -426,9 +432,19 @@ class Ledger:
         a sale can write into a damaged b-tree and spread the damage. A till that knows its
         file is damaged stops using it and says so, as it does when a statement finds it.
         Linear in the file's size: seconds for a typical till, about a minute for a ledger of
-        millions of events, in the background."""
+        millions of events, in the background.
+
+        ``every``: check again that many seconds after each check ends, until the ledger is
+        closed or damage is found (a till runs for months; a disk can fail meanwhile). The
+        last verdict stays in ``file_check`` while the next check runs."""
         self.file_check = FileCheck("running")
-        thread = threading.Thread(target=self._check_file, name="ledger-check", daemon=True)
+
+        def run() -> None:
+            self._check_file()
+            while every is not None and self._damage is None and not self._closed.wait(every):
+                self._check_file()
+
+        thread = threading.Thread(target=run, name="ledger-check", daemon=True)
         thread.start()
         return thread
 

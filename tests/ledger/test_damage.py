@@ -267,3 +267,38 @@ def test_the_agent_checks_its_ledger_and_stops_loyalty_on_damage(tmp_path: Path)
     assert proc.returncode == 0, out
     assert "Traceback" not in out
     assert out.count("is damaged") >= 1 and "loyalty stops on this till" in out
+
+
+def test_a_repeating_file_check_finds_damage_that_comes_later(tmp_path: Path) -> None:
+    """A till runs for months: the check runs again (daily in the commands; here every 50
+    ms) and finds a page damaged after the first check, then stops."""
+    path, card, _ = build(tmp_path)
+    service: Service = open_service(tmp_path)
+    try:
+        thread = service.ledger.start_file_check(every=0.05)
+        deadline = time.monotonic() + 30
+        while service.ledger.file_check.state != "ok":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert service.lookup(card)["customer"]["name"] == "Ada"
+        damage(path, "receipts")
+        thread.join(timeout=60)  # ends once damage is found
+        assert not thread.is_alive()
+        assert service.ledger.file_check.state == "damaged"
+        with pytest.raises(LedgerDamaged):
+            service.lookup(card)
+    finally:
+        service.ledger.close()
+
+
+def test_closing_the_ledger_ends_a_repeating_file_check(tmp_path: Path) -> None:
+    build(tmp_path)
+    service: Service = open_service(tmp_path)
+    thread = service.ledger.start_file_check(every=3600)
+    deadline = time.monotonic() + 30
+    while service.ledger.file_check.state != "ok":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    service.ledger.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
