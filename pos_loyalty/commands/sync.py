@@ -44,6 +44,13 @@ def register(sub: Any) -> None:
         help="load the server's snapshot into this empty ledger (or finish an interrupted "
         "load), then exit",
     )
+    p.add_argument(
+        "--resend-from",
+        type=int,
+        metavar="SEQ",
+        help="push this till's events again from SEQ (the server answers them as duplicates "
+        "and mends its copy of any that `server verify` found damaged)",
+    )
 
     p = sub.add_parser("server", help="the central server, and its administration")
     p.add_argument("--db", help=f"database URL (default: env {SERVER_DB_ENV} or a SQLite file)")
@@ -496,6 +503,10 @@ def _sync(args: argparse.Namespace, settings: Any) -> int:
         if args.bootstrap:
             code, loaded = _bootstrap(args, settings, ledger, creds)
             return code or _emit(args, loaded, _loaded_text(loaded))
+        if args.resend_from is not None:
+            if args.resend_from < 1:
+                return _fail("--resend-from must be a seq of 1 or more", 2)
+            Replica(ledger).rewind(args.resend_from - 1)  # acked_seq only ever goes down here
         worker = SyncWorker(
             ledger,
             creds,

@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -714,6 +714,8 @@ class ServerStore:
                         )
                     elif held == "conflict":
                         resent["quarantined"] = True  # answered as then: _answer_quarantined
+                    elif held == "accepted":
+                        self._repair_if_damaged(conn, m, ev, known.get(ev.id), conflict)
                     results.append(resent)
                     continue
                 prev = bytes.fromhex(ev.prev_hash)
@@ -897,23 +899,64 @@ class ServerStore:
             "head": {"epoch": epoch, "seq": head_seq, "hash": head_hash.hex()},
         }
 
+    def _repair_if_damaged(
+        self,
+        conn: Connection,
+        merchant_id: str,
+        ev: WireEvent,
+        stored: Any,
+        conflict: Callable[[WireEvent, str, str], None],
+    ) -> None:
+        """A resent event the server holds with the same id and hash: where the stored copy
+        differs from it (damaged on the server's disk, or by hand), the stored copy no
+        longer matches its hash and the tills refuse it when they pull. The resend has
+        passed the hash check, so it is the event as its till recorded it: stored in place
+        of the damaged copy (the balances were folded from the checked content at first
+        ingest and stay), and recorded for the operator (``server conflicts``). This is how
+        ``server verify``'s findings are mended: ``pos-loyalty sync --resend-from SEQ`` on
+        the till that recorded the event."""
+        if stored is None:
+            return
+        fields = {
+            "kind": ev.kind,
+            "at": ev.at,
+            "customer_id": ev.customer_id,
+            "key": ev.key,
+            "payload": ev.payload,
+        }
+        if all(getattr(stored, name) == value for name, value in fields.items()):
+            return
+        e = schema.events
+        conn.execute(
+            update(e).where(e.c.merchant_id == merchant_id, e.c.id == ev.id).values(**fields)
+        )
+        conflict(
+            ev,
+            "repaired",
+            f"the server's copy of event {ev.id} did not match its hash; replaced by the copy "
+            "its till sent again",
+        )
+        log.warning("event %s (till %s, seq %d) repaired", ev.id, ev.terminal_id, ev.seq)
+
     def _known_events(self, conn: Connection, merchant_id: str, ids: list[str]) -> list[Any]:
-        """``(id, hash, payload)`` of the events among ``ids`` the merchant already holds."""
+        """``(id, hash, kind, at, customer_id, key, payload)`` of the events among ``ids``
+        the merchant already holds."""
         e = schema.events
         if self.is_sqlite:
             found: list[Any] = []
             for chunk in _chunks(ids):
                 found.extend(
                     conn.execute(
-                        select(e.c.id, e.c.hash, e.c.payload).where(
-                            e.c.merchant_id == merchant_id, e.c.id.in_(chunk)
-                        )
+                        select(
+                            e.c.id, e.c.hash, e.c.kind, e.c.at, e.c.customer_id, e.c.key,
+                            e.c.payload,
+                        ).where(e.c.merchant_id == merchant_id, e.c.id.in_(chunk))
                     )
-                )
+                )  # fmt: skip
             return found
         return list(
             conn.exec_driver_sql(
-                "SELECT id, hash, payload FROM events"
+                "SELECT id, hash, kind, at, customer_id, key, payload FROM events"
                 " WHERE merchant_id = %(m)s AND id = ANY(%(ids)s::text[])",
                 {"m": merchant_id, "ids": _pg_text_array(ids)},
             ).all()

@@ -12,10 +12,12 @@ from sqlalchemy import select
 
 from pos_loyalty.cli import main
 from pos_loyalty.ledger.codec import chain_hash, event_from_row
+from sync.client import SyncFailed
 from sync.server.store import ServerStore
 from sync.server.verify import verify_chains
 
 from .conftest import LiveServer, Till
+from .helpers import nonzero, pair_till, sync_round, till_balances
 from .test_pull_checks import EVENTS, _changed_on_server, _newest_sale, _two_tills
 from .test_store_contract import append, credit, push, restored_till
 
@@ -87,3 +89,55 @@ def test_the_command_says_ok_or_lists_the_problems(
         assert main(["--json", "server", "--db", db_url, "verify"]) == 1
         answer = json.loads(capsys.readouterr().out)
         assert answer["ok"] is False and answer["problems"][0]["event_id"] == sale_id
+
+
+def test_a_damaged_server_copy_is_mended_by_its_tills_resend(
+    store: ServerStore,
+    live_server: LiveServer,
+    make_till: Callable[..., Till],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`server verify` names the damaged event; `sync --once --resend-from SEQ` on the till
+    that recorded it pushes it again, the server stores the till's copy in place of its own
+    (same id and hash), records it for the operator, and the other tills' pulls go on."""
+    from pos_loyalty.config import load_settings
+
+    data = tmp_path / "cli-till"
+    terminal = load_settings(None, data_dir=data).terminal_id
+    base = ["--data-dir", str(data)]
+    token = store.create_pairing_token(terminal, "m1", "s1")
+    assert main([*base, "pair", "--server", live_server.url, "--token", token]) == 0
+    assert main([*base, "--json", "enrol", "--name", "Eve"]) == 0
+    card = json.loads(capsys.readouterr().out.splitlines()[-1])["card"]["code"]
+    assert (
+        main([*base, "sale", "--card", card, "--receipt", "R-1", "--line", "x:bakery:1:5000"]) == 0
+    )
+    assert main([*base, "sync", "--once"]) == 0
+    b = make_till("till-b")
+    pair_till(store, b, live_server.url)
+    capsys.readouterr()
+
+    with store.engine.connect() as conn:
+        sale_id, payload, _, _ = _newest_sale(conn, terminal)
+        seq = conn.execute(select(EVENTS.c.seq).where(EVENTS.c.id == sale_id)).scalar_one()
+    with store.engine.begin() as conn:  # damaged on the server's disk, for good
+        conn.execute(
+            EVENTS.update()
+            .where(EVENTS.c.id == sale_id)
+            .values(payload=payload.replace('"delta":', '"delta":7'))
+        )
+    assert [p.event_id for p in verify_chains(store).problems] == [sale_id]
+    with pytest.raises(SyncFailed):
+        sync_round(b)
+
+    assert main([*base, "sync", "--once", "--resend-from", "0"]) == 2
+    assert main([*base, "sync", "--once", "--resend-from", str(seq)]) == 0
+    assert verify_chains(store).ok
+    repaired = [c for c in store.conflicts() if c["reason"] == "repaired"]
+    assert [c["event_id"] for c in repaired] == [sale_id]
+    sync_round(b)
+    assert nonzero(till_balances(b)) == nonzero(store.balances("m1"))
+    # Resending again changes nothing more.
+    assert main([*base, "sync", "--once", "--resend-from", "1"]) == 0
+    assert len([c for c in store.conflicts() if c["reason"] == "repaired"]) == 1
