@@ -341,11 +341,14 @@ class Replica:
         with self.ledger.transaction() as tx:
             conn = tx.conn
             ev = schema.events
-            present: set[str] = set()
+            present: dict[str, str] = {}  # id -> the till whose event holds it here
             ids = [e.id for e in events]
             for i in range(0, len(ids), 500):
                 present.update(
-                    r.id for r in conn.execute(select(ev.c.id).where(ev.c.id.in_(ids[i : i + 500])))
+                    (r.id, r.terminal_id)
+                    for r in conn.execute(
+                        select(ev.c.id, ev.c.terminal_id).where(ev.c.id.in_(ids[i : i + 500]))
+                    )
                 )
             states: dict[str, tuple[CustomerState, CustomerState]] = {}
             rows: list[dict[str, Any]] = []
@@ -355,9 +358,28 @@ class Replica:
             held: dict[tuple[str, int], set[bytes]] = defaultdict(set)
             for stub in stubs:
                 held[(stub.terminal_id, stub.seq)].add(stub.hash)
+            links = _Links(conn, held)
             for stored in events:
-                if stored.terminal_id == self.terminal_id or stored.id in present:
+                if stored.terminal_id == self.terminal_id:
                     out.skipped += 1
+                    continue
+                holder = present.get(stored.id)
+                if holder is not None:
+                    out.skipped += 1
+                    if holder != stored.terminal_id:
+                        # The same id in another till's slot: a derived-id expiry both tills
+                        # recorded, this till's copy held. That slot of the other till's
+                        # chain is kept as a stub, so its chain has no gap here.
+                        stubs.append(
+                            Stub(
+                                stored.terminal_id,
+                                stored.seq,
+                                stored.id,
+                                stored.prev_hash,
+                                stored.hash,
+                            )
+                        )
+                    held[(stored.terminal_id, stored.seq)].add(stored.hash)
                     continue
                 taken = conn.execute(
                     select(ev.c.id).where(
@@ -380,7 +402,7 @@ class Replica:
                     )
                     out.conflicts += 1
                     continue
-                event = _checked(conn, stored, held)
+                event = _checked(links, stored)
                 held[(stored.terminal_id, stored.seq)].add(stored.hash)
                 rows.append(
                     {
@@ -396,7 +418,7 @@ class Replica:
                         "hash": stored.hash,
                     }
                 )
-                present.add(stored.id)
+                present[stored.id] = stored.terminal_id
                 problem = side_table_problem(conn, event)
                 if problem is None:
                     apply_side_tables(conn, event)
@@ -424,7 +446,7 @@ class Replica:
             for stub in stubs:
                 if stub.terminal_id == self.terminal_id:
                     continue
-                unlinked = _link_problem(conn, stub.terminal_id, stub.seq, stub.prev_hash, held)
+                unlinked = links.problem(stub.terminal_id, stub.seq, stub.prev_hash)
                 if unlinked:
                     raise PulledEventRefused(
                         f"the server sent a stub for event {stub.id} (till {stub.terminal_id}, "
@@ -467,11 +489,9 @@ class Replica:
         )
 
 
-def _checked(
-    conn: Connection, stored: StoredEvent, held: dict[tuple[str, int], set[bytes]]
-) -> Event:
+def _checked(links: _Links, stored: StoredEvent) -> Event:
     """The pulled event decoded, after the checks ``verify`` would make of it on this till
-    (``PulledEventRefused`` when one fails): its hash, and its link (``_links``)."""
+    (``PulledEventRefused`` when one fails): its hash, and its link (``_Links``)."""
     name = f"event {stored.id} (till {stored.terminal_id}, seq {stored.seq})"
     try:
         event = event_from_row(stored)
@@ -480,45 +500,49 @@ def _checked(
         raise PulledEventRefused(f"the server sent {name} that does not decode: {exc}") from None
     if digest != stored.hash:
         raise PulledEventRefused(f"the server sent {name} whose hash does not match its content")
-    problem = _link_problem(conn, stored.terminal_id, stored.seq, stored.prev_hash, held)
+    problem = links.problem(stored.terminal_id, stored.seq, stored.prev_hash)
     if problem:
         raise PulledEventRefused(f"the server sent {name} that {problem}")
     return event
 
 
-def _link_problem(
-    conn: Connection,
-    terminal_id: str,
-    seq: int,
-    prev_hash: bytes,
-    held: dict[tuple[str, int], set[bytes]],
-) -> str | None:
-    """Why a slot (an event or a stub) with ``prev_hash`` at ``seq`` of ``terminal_id``
-    does not link to what this till holds, or None. It must follow one of the slots held
-    at ``seq - 1``: a restored till's chain forks (a new epoch), so there may be several (an
-    event of the first epoch, stubs of later ones). Nothing held there (a gap: events the
-    server does not serve this till) is no evidence either way."""
-    if seq == 1:  # a chain's first event follows nothing
-        return None if prev_hash == GENESIS else "is a first event that follows another"
-    before = set(held.get((terminal_id, seq - 1), ()))
-    if prev_hash in before:  # the usual case: the slot before is in this page
-        return None
-    for table in (schema.events, schema.chain_stubs):
-        before.update(
-            bytes(row.hash)
-            for row in conn.execute(
-                select(table.c.hash).where(
-                    table.c.terminal_id == terminal_id, table.c.seq == seq - 1
+class _Links:
+    """Whether a pulled slot (an event or a stub) links to what this till holds: it must
+    follow one of the slots held at the same till's ``seq - 1`` — in the page (``held``), in
+    ``events``, in ``chain_stubs``, or the head of the bootstrap baseline. A restored till's
+    chain forks (a new epoch), so there may be several. Nothing held there (events the
+    server does not serve this till, slots before the baseline) is no evidence either way."""
+
+    def __init__(self, conn: Connection, held: dict[tuple[str, int], set[bytes]]) -> None:
+        self.conn = conn
+        self.held = held
+        self._heads: dict[str, tuple[int, bytes]] | None = None  # read once, when needed
+
+    def problem(self, terminal_id: str, seq: int, prev_hash: bytes) -> str | None:
+        if seq == 1:  # a chain's first event follows nothing
+            return None if prev_hash == GENESIS else "is a first event that follows another"
+        before = set(self.held.get((terminal_id, seq - 1), ()))
+        if prev_hash in before:  # the usual case: the slot before is in this page
+            return None
+        for table in (schema.events, schema.chain_stubs):
+            before.update(
+                bytes(row.hash)
+                for row in self.conn.execute(
+                    select(table.c.hash).where(
+                        table.c.terminal_id == terminal_id, table.c.seq == seq - 1
+                    )
                 )
             )
-        )
-    # A bootstrapped till holds the chain's head at its snapshot, not the event itself.
-    head = baseline_heads(conn).get(terminal_id)
-    if head is not None and head[0] == seq - 1:
-        before.add(head[1])
-    if before and prev_hash not in before:
-        return "does not chain to the event before it held here"
-    return None
+        if prev_hash in before:
+            return None
+        if self._heads is None:  # the baseline's header: decoded once per page, if at all
+            self._heads = baseline_heads(self.conn)
+        head = self._heads.get(terminal_id)
+        if head is not None and head[0] == seq - 1:
+            before.add(head[1])
+        if before and prev_hash not in before:
+            return "does not chain to the event before it held here"
+        return None
 
 
 _UNSYNCED = (

@@ -160,12 +160,17 @@ class _ChainCheck:
                 ev = event_from_row(row, dicts, strict=True)
             except (ValueError, KeyError, TypeError) as exc:
                 return self.fail(f"cannot be decoded ({exc})", row)
-            seq, prev, prev_id = last.get(row.terminal_id, (0, GENESIS, ""))
-            while row.seq > seq + 1:  # slots not held here: walk the stubs that continue it
-                after = self._stub(row.terminal_id, seq + 1, prev=prev)
-                if after is None:
-                    break
-                seq, (_, prev, prev_id) = seq + 1, after
+            t = row.terminal_id
+            seq, prev, prev_id = last.get(t, (0, GENESIS, ""))
+            if row.seq > seq + 1 and row.prev_hash is not None:
+                # Slots of another till not held here (events the server does not serve
+                # this till): stubs must lead back from this row's link to what is held,
+                # through the right one where a restored till forked its chain.
+                link, at, via = bytes(row.prev_hash), row.seq - 1, ""
+                while at > seq and (stub := self._stub(t, at, digest=link)) is not None:
+                    link, at, via = stub[0], at - 1, via or stub[2]
+                if at == seq and (link == prev or self._fork(t, seq, link)):
+                    seq, prev, prev_id = row.seq - 1, bytes(row.prev_hash), via
             if row.seq != seq + 1:
                 gap = f"after seq {seq}" + (f" (event {prev_id})" if prev_id else "")
                 return self.fail(f"sequence gap: expected seq {seq + 1} {gap}", row)
@@ -174,10 +179,9 @@ class _ChainCheck:
                 # Another till restored from a backup forked its chain (a new epoch): its
                 # new events follow the slot the server quarantined, held here as a stub
                 # beside the event of the first epoch at the same seq.
-                fork = self._stub(row.terminal_id, seq, digest=bytes(row.prev_hash))
-                if fork is None or not self._follows(row.terminal_id, seq, fork[0]):
+                if not self._fork(t, seq, bytes(row.prev_hash)):
                     return self.fail("does not chain to the previous event", row)
-                prev = fork[1]
+                prev = bytes(row.prev_hash)
             if chain_hash(prev, ev) != bytes(row.hash):
                 if row.prev_hash is None:  # implied link: either this row or the one before
                     return self.fail(
@@ -201,23 +205,32 @@ class _ChainCheck:
                 return stub
         return None
 
+    def _fork(self, terminal_id: str, seq: int, digest: bytes) -> bool:
+        """Whether a stub at (``terminal_id``, ``seq``) has hash ``digest`` and itself
+        follows a slot held at ``seq - 1`` (a fork's stub hangs on the chain)."""
+        stub = self._stub(terminal_id, seq, digest=digest)
+        return stub is not None and self._follows(terminal_id, seq, stub[0])
+
     def _follows(self, terminal_id: str, seq: int, prev_hash: bytes) -> bool:
         """Whether a slot at ``seq`` with ``prev_hash`` follows one held at ``seq - 1``
-        (an event, a stub, the baseline's head; the genesis for seq 1). A fork's stub must
-        hang on the same chain, not float free."""
+        (an event, a stub, the baseline's head; the genesis for seq 1). Nothing held there
+        (before a bootstrap baseline, or not served to this till) is no evidence either way:
+        the same rule as the pull's (``replication._link_problem``)."""
         if seq == 1:
             return prev_hash == GENESIS
-        if any(stub[1] == prev_hash for stub in self.stubs.get((terminal_id, seq - 1), ())):
-            return True
+        held = {stub[1] for stub in self.stubs.get((terminal_id, seq - 1), ())}
         head = self.heads.get(terminal_id)
-        if head is not None and head == (seq - 1, prev_hash):
-            return True
-        row = self.conn.execute(
-            select(schema.events.c.hash).where(
-                schema.events.c.terminal_id == terminal_id, schema.events.c.seq == seq - 1
+        if head is not None and head[0] == seq - 1:
+            held.add(head[1])
+        held.update(
+            bytes(row.hash)
+            for row in self.conn.execute(
+                select(schema.events.c.hash).where(
+                    schema.events.c.terminal_id == terminal_id, schema.events.c.seq == seq - 1
+                )
             )
-        ).first()
-        return row is not None and bytes(row.hash) == prev_hash
+        )
+        return not held or prev_hash in held
 
     def heads_match(self) -> bool:
         for head in self.conn.execute(select(schema.heads)):

@@ -120,3 +120,32 @@ def test_downgrade_keeps_one_stub_per_slot_and_upgrade_keeps_them(tmp_path: Path
     finally:
         engine.dispose()
     assert stub_rows(b.path) == [("A", 2, second.hash)]
+
+
+def test_verify_walks_back_through_the_fork_a_region_till_holds_as_stubs(tmp_path: Path) -> None:
+    """A region-only till holds A's seq 1, stubs of both epochs at seq 2, the restored
+    epoch's stub at seq 3 and A's seq 4: verify must take the stubs that lead to seq 4, not
+    the first that fits at seq 2."""
+    path = tmp_path / "a.sqlite"
+    a = Ledger(path, "A")
+    (first,) = append(a, [credit("A", "c1", 1)])
+    a.close()
+    shutil.copy(path, tmp_path / "a-backup.sqlite")
+    a = Ledger(path, "A")
+    second = append(a, [credit("A", "c2", 10)])[-1]
+    a.close()
+    restored = Ledger(tmp_path / "a-backup.sqlite", "A")
+    again, third, fourth = append(
+        restored, [credit("A", "c1", 100), credit("A", "c1", 1000), credit("A", "c1", 7)]
+    )[-3:]
+    restored.close()
+    b = Ledger(tmp_path / "b.sqlite", "B")
+    try:
+        replica = Replica(b)
+        replica.apply_pulled([first], [stub(second)], "m1:2")
+        replica.apply_pulled([], [stub(again), stub(third)], "m1:4")
+        assert replica.apply_pulled([fourth], [], "m1:5").applied == 1
+        report = verify(b)
+        assert report.ok, report.problems
+    finally:
+        b.close()

@@ -264,3 +264,39 @@ def test_a_refused_page_does_not_hold_back_the_program_configuration(
             assert b.service.programs_version == 1
     finally:
         sync.close()
+
+
+def test_a_till_bootstrapped_before_the_fork_verifies_after_it(
+    store: ServerStore,
+    live_server: LiveServer,
+    make_till: Callable[..., Till],
+    tmp_path: Path,
+) -> None:
+    """C bootstraps while the server's head for A is a sale A then loses in a restore: A's
+    new events follow a quarantined slot right after C's baseline, where C holds nothing."""
+    from sync.bootstrap import bootstrap
+
+    a, _, card = _two_tills(store, live_server, make_till)
+    backup = tmp_path / "a-backup.sqlite"
+    a.service.ledger.close()
+    shutil.copy(a.service.ledger.path, backup)
+    a = make_till("till-a")
+    sale(a.service, card, "A-lost", price=3000)
+    sync_round(a)
+    c = make_till("till-c")
+    pair_till(store, c, live_server.url)
+    creds = c.replica.credentials()
+    assert creds is not None
+    bootstrap(c.replica, creds)
+    a.service.ledger.close()
+    shutil.copy(backup, a.service.ledger.path)
+    for suffix in ("-wal", "-shm"):
+        Path(str(a.service.ledger.path) + suffix).unlink(missing_ok=True)
+    a = make_till("till-a")
+    sale(a.service, card, "A-again", price=1000)
+    sale(a.service, card, "A-new", price=2000)
+    sync_round(a)
+    sync_round(c)
+    report = verify(c.service.ledger)
+    assert report.ok, report.problems
+    assert nonzero(till_balances(c)) == nonzero(store.balances("m1"))

@@ -12,14 +12,26 @@ from sqlalchemy import select
 
 from pos_loyalty.cli import main
 from pos_loyalty.ledger.codec import chain_hash, event_from_row
-from sync.client import SyncFailed
+from pos_loyalty.ledger.replication import Answer, Replica
+from pos_loyalty.ledger.verify import verify
+from sync.client import SyncFailed, _stored, _wire
+from sync.protocol import PushRequest, WireEvent
 from sync.server.store import ServerStore
 from sync.server.verify import verify_chains
 
 from .conftest import LiveServer, Till
 from .helpers import nonzero, pair_till, sync_round, till_balances
 from .test_pull_checks import EVENTS, _changed_on_server, _newest_sale, _two_tills
-from .test_store_contract import append, credit, push, restored_till
+from .test_store_contract import (
+    _stub,
+    append,
+    auth_for,
+    credit,
+    expiry,
+    push,
+    restored_till,
+    till_ledger,
+)
 
 
 def test_sound_chains_verify_and_each_kind_of_damage_is_named(
@@ -141,3 +153,46 @@ def test_a_damaged_server_copy_is_mended_by_its_tills_resend(
     # Resending again changes nothing more.
     assert main([*base, "sync", "--once", "--resend-from", "1"]) == 0
     assert len([c for c in store.conflicts() if c["reason"] == "repaired"]) == 1
+
+
+def test_the_loser_of_an_expiry_race_verifies_after_pulling_the_winner(
+    store: ServerStore, tmp_path: Path
+) -> None:
+    """Both tills expired the same lot (one derived id). The loser holds its own copy, so
+    it skips the winner's event when it pulls: that slot of the winner's chain is kept as a
+    stub, and the winner's next event follows it without a gap."""
+    a, b = till_ledger(tmp_path, "t1"), till_ledger(tmp_path, "t2")
+    auth_a, auth_b = auth_for(store, "t1"), auth_for(store, "t2")
+    try:
+        earn = credit("t1", "c1", 100)
+        push(store, auth_a, append(a, [earn]))
+        loser = Replica(b)
+        page = store.pull(auth_b, None, 100)
+        loser.apply_pulled([_stored(p.event) for p in page.events], [], page.cursor)
+        lot = f"{earn.id}/points"
+        push(store, auth_a, append(a, [expiry("t1", lot, 100)])[-1:])
+        sent = append(b, [expiry("t2", lot, 70)])
+        answer = store.ingest(
+            auth_b,
+            PushRequest(terminal_id="t2", events=[WireEvent.model_validate(_wire(sent[-1]))]),
+        )
+        r = answer.results[0]
+        loser.record_answers(
+            sent[-1:],
+            [Answer(r.id, r.seq, r.status.value, r.reason, None, r.winner_payload)],
+            answer.head.epoch,
+        )
+        push(store, auth_b, loser.unsynced(10))
+        push(store, auth_a, append(a, [credit("t1", "c1", 5)])[-1:])
+        page = store.pull(auth_b, loser.state().cursor, 100)
+        loser.apply_pulled(
+            [_stored(p.event) for p in page.events],
+            [_stub(s) for s in page.stubs],
+            page.cursor,
+        )
+        report = verify(b)
+        assert report.ok, report.problems
+        assert verify_chains(store).ok
+    finally:
+        a.close()
+        b.close()
