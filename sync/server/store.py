@@ -908,8 +908,8 @@ class ServerStore:
         conflict: Callable[[WireEvent, str, str], None],
     ) -> None:
         """A resent event the server holds with the same id and hash: where the stored copy
-        differs from it (damaged on the server's disk, or by hand), the stored copy no
-        longer matches its hash and the tills refuse it when they pull. The resend has
+        fails its own hash check (damaged on the server's disk, or by hand), the tills
+        refuse it when they pull (and ``server verify`` names it). The resend has
         passed the hash check, so it is the event as its till recorded it: stored in place
         of the damaged copy (the balances were folded from the checked content at first
         ingest and stay), and recorded for the operator (``server conflicts``). This is how
@@ -917,15 +917,28 @@ class ServerStore:
         the till that recorded the event."""
         if stored is None:
             return
+        copy = WireEvent.model_construct(
+            id=ev.id,
+            terminal_id=ev.terminal_id,
+            seq=ev.seq,
+            kind=stored.kind,
+            at=stored.at,
+            customer_id=stored.customer_id,
+            key=stored.key,
+            payload=stored.payload,
+            prev_hash=bytes(stored.prev_hash).hex(),
+            hash=bytes(stored.hash).hex(),
+        )
+        if copy.checked_payload() is not None:
+            return  # the stored copy is sound: a resend written differently changes nothing
         fields = {
             "kind": ev.kind,
             "at": ev.at,
             "customer_id": ev.customer_id,
             "key": ev.key,
             "payload": ev.payload,
+            "prev_hash": bytes.fromhex(ev.prev_hash),
         }
-        if all(getattr(stored, name) == value for name, value in fields.items()):
-            return
         e = schema.events
         conn.execute(
             update(e).where(e.c.merchant_id == merchant_id, e.c.id == ev.id).values(**fields)
@@ -939,8 +952,8 @@ class ServerStore:
         log.warning("event %s (till %s, seq %d) repaired", ev.id, ev.terminal_id, ev.seq)
 
     def _known_events(self, conn: Connection, merchant_id: str, ids: list[str]) -> list[Any]:
-        """``(id, hash, kind, at, customer_id, key, payload)`` of the events among ``ids``
-        the merchant already holds."""
+        """``(id, hash, kind, at, customer_id, key, payload, prev_hash)`` of the events among
+        ``ids`` the merchant already holds."""
         e = schema.events
         if self.is_sqlite:
             found: list[Any] = []
@@ -949,14 +962,14 @@ class ServerStore:
                     conn.execute(
                         select(
                             e.c.id, e.c.hash, e.c.kind, e.c.at, e.c.customer_id, e.c.key,
-                            e.c.payload,
+                            e.c.payload, e.c.prev_hash,
                         ).where(e.c.merchant_id == merchant_id, e.c.id.in_(chunk))
                     )
                 )  # fmt: skip
             return found
         return list(
             conn.exec_driver_sql(
-                "SELECT id, hash, kind, at, customer_id, key, payload FROM events"
+                "SELECT id, hash, kind, at, customer_id, key, payload, prev_hash FROM events"
                 " WHERE merchant_id = %(m)s AND id = ANY(%(ids)s::text[])",
                 {"m": merchant_id, "ids": _pg_text_array(ids)},
             ).all()

@@ -16,8 +16,9 @@ cursor), holding only one seq's hashes per till, so it runs beside ingest at any
 
 from __future__ import annotations
 
+import contextlib
 import heapq
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -79,13 +80,16 @@ class _EventRow(NamedTuple):
     hash: bytes
 
 
+# Both in the order Python compares them in (``heapq.merge``): terminal ids by code point,
+# which is SQLite's BINARY and PostgreSQL's "C" collation (a database's own collation may
+# sort "Till-B" before "till-a", or ignore case and punctuation).
 _EVENTS = (
     "SELECT terminal_id, seq, epoch, merchant_id, id, prev_hash, hash, kind, at, customer_id,"
-    " key, payload FROM events{where} ORDER BY terminal_id, seq, epoch"
+    " key, payload FROM events{where} ORDER BY terminal_id{collate}, seq, epoch"
 )
 _CHAIN = (
     "SELECT terminal_id, seq, epoch, merchant_id, event_id, prev_hash, hash, status"
-    " FROM chain{where} ORDER BY terminal_id, seq, epoch"
+    " FROM chain{where} ORDER BY terminal_id{collate}, seq, epoch"
 )
 
 
@@ -95,9 +99,16 @@ def verify_chains(store: ServerStore, merchant_id: str | None = None) -> ChainRe
     where, params = "", ()  # type: tuple[str, tuple[str, ...]]
     if merchant_id is not None:
         where, params = " WHERE merchant_id = {p}", (merchant_id,)
-    with _snapshot(store) as read:
-        events = ((*r[:7], r) for r in read(_EVENTS.format(where=where), params))
-        chain = ((*r[:7], None) for r in read(_CHAIN.format(where=where), params))
+    collate = "" if store.is_sqlite else ' COLLATE "C"'
+    with _snapshot(store) as read, contextlib.ExitStack() as cursors:
+        event_rows = read(_EVENTS.format(where=where, collate=collate), params)
+        chain_rows = read(_CHAIN.format(where=where, collate=collate), params)
+        # Closed here, before the snapshot ends (an exception would otherwise leave them to
+        # the garbage collector, after the connection is back in the pool).
+        cursors.callback(event_rows.close)
+        cursors.callback(chain_rows.close)
+        events = ((*r[:7], r) for r in event_rows)
+        chain = ((*r[:7], None) for r in chain_rows)
         walk = _Walk(report)
         for t, s, epoch, merchant, event_id, prev_hash, digest, row in heapq.merge(
             events, chain, key=lambda slot: (slot[0], slot[1], slot[2])
@@ -154,7 +165,7 @@ class _Reader:
         self.raw = raw
         self.count = 0
 
-    def __call__(self, sql: str, params: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+    def __call__(self, sql: str, params: tuple[Any, ...]) -> Generator[tuple[Any, ...]]:
         if self.store.is_sqlite:
             cursor = self.raw.execute(sql.format(p="?"), params)
         else:
@@ -178,14 +189,18 @@ class _snapshot:  # noqa: N801 - used as a context manager like contextlib's
     def __enter__(self) -> _Reader:
         self.pooled = self.store.engine.raw_connection()
         raw: Any = self.pooled.driver_connection
-        if self.store.is_sqlite:
-            raw.execute("BEGIN")  # deferred: a read snapshot once the first SELECT runs
-        else:
-            import psycopg
+        try:
+            if self.store.is_sqlite:
+                raw.execute("BEGIN")  # deferred: a read snapshot once the first SELECT runs
+            else:
+                import psycopg
 
-            raw.rollback()
-            self.level = raw.isolation_level
-            raw.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                raw.rollback()
+                self.level = raw.isolation_level
+                raw.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        except BaseException:
+            self.pooled.close()
+            raise
         self.raw = raw
         return _Reader(self.store, raw)
 

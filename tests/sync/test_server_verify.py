@@ -4,6 +4,8 @@ on SQLite and PostgreSQL, beside ingest."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,13 +15,14 @@ from sqlalchemy import select
 from pos_loyalty.cli import main
 from pos_loyalty.ledger.codec import chain_hash, event_from_row
 from pos_loyalty.ledger.replication import Answer, Replica
+from pos_loyalty.ledger.store import Ledger
 from pos_loyalty.ledger.verify import verify
 from sync.client import SyncFailed, _stored, _wire
-from sync.protocol import PushRequest, WireEvent
+from sync.protocol import PushRequest, Status, WireEvent
 from sync.server.store import ServerStore
 from sync.server.verify import verify_chains
 
-from .conftest import LiveServer, Till
+from .conftest import LiveServer, Postgres, Till
 from .helpers import nonzero, pair_till, sync_round, till_balances
 from .test_pull_checks import EVENTS, _changed_on_server, _newest_sale, _two_tills
 from .test_store_contract import (
@@ -196,3 +199,77 @@ def test_the_loser_of_an_expiry_race_verifies_after_pulling_the_winner(
     finally:
         a.close()
         b.close()
+
+
+def test_a_resend_mends_a_damaged_link_and_leaves_a_sound_copy_alone(
+    store: ServerStore, tmp_path: Path
+) -> None:
+    till = till_ledger(tmp_path, "t1")
+    auth = auth_for(store, "t1")
+    try:
+        sent = append(till, [credit("t1", "c1", 1), credit("t1", "c1", 2)])
+        push(store, auth, sent)
+        # Written differently but the same event (the hash covers its canonical form): the
+        # stored copy is sound, so nothing is replaced or recorded.
+        spaced = {**_wire(sent[1]), "payload": json.dumps(json.loads(sent[1].payload), indent=1)}
+        answer = store.ingest(
+            auth, PushRequest(terminal_id="t1", events=[WireEvent.model_validate(spaced)])
+        )
+        assert [r.status.value for r in answer.results] == ["duplicate"]
+        with store.engine.connect() as conn:
+            kept = conn.execute(select(EVENTS.c.payload).where(EVENTS.c.id == sent[1].id))
+            assert kept.scalar_one() == sent[1].payload
+        assert not [c for c in store.conflicts() if c["reason"] == "repaired"]
+        # A damaged link: mended by the resend like a damaged payload.
+        with store.engine.begin() as conn:
+            conn.execute(
+                EVENTS.update().where(EVENTS.c.id == sent[1].id).values(prev_hash=bytes(32))
+            )
+        assert {p.seq for p in verify_chains(store).problems} == {2}  # link and hash
+        assert push(store, auth, sent[1:]) == [Status.DUPLICATE]
+        assert verify_chains(store).ok
+        assert [c["event_id"] for c in store.conflicts() if c["reason"] == "repaired"] == [
+            sent[1].id
+        ]
+    finally:
+        till.close()
+
+
+def test_chains_verify_whatever_the_databases_collation(postgres: Postgres, tmp_path: Path) -> None:
+    """A PostgreSQL database whose collation sorts terminal ids unlike Python (ICU, ignoring
+    case): the event and chain-slot streams must still merge in one order."""
+    import psycopg
+
+    name = f"icu_{os.getpid()}"
+    with psycopg.connect(
+        f"host=127.0.0.1 port={postgres.port} user=postgres dbname=postgres", autocommit=True
+    ) as conn:
+        conn.execute(
+            f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu'
+            " ICU_LOCALE 'en' LOCALE 'C.UTF-8'"
+        )
+    store = ServerStore(postgres.url(name))
+    try:
+        # till-a forks its chain (a quarantined slot: a `chain` row); Till-B sorts before it
+        # in Python, after it in the database's collation.
+        path = tmp_path / "a.sqlite"
+        a = Ledger(path, "till-a")
+        auth_a = auth_for(store, "till-a")
+        push(store, auth_a, append(a, [credit("till-a", "c1", 1)]))
+        a.close()
+        shutil.copy(path, tmp_path / "a-backup.sqlite")
+        a = Ledger(path, "till-a")
+        push(store, auth_a, append(a, [credit("till-a", "c1", 2)]))
+        a.close()
+        restored = Ledger(tmp_path / "a-backup.sqlite", "till-a")
+        # Its re-used seq 2 is quarantined: till-a's last slot is a `chain` row.
+        push(store, auth_a, append(restored, [credit("till-a", "c1", 3)]))
+        restored.close()
+        b = Ledger(tmp_path / "b.sqlite", "Till-B")
+        push(store, auth_for(store, "Till-B"), append(b, [credit("Till-B", "c2", 5)]))
+        b.close()
+        report = verify_chains(store)
+        assert report.ok, report.problems
+        assert report.terminals == 2
+    finally:
+        store.close()
