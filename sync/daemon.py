@@ -151,10 +151,14 @@ class SyncWorker:
         self._last_error = None
         return result
 
-    def run(self, *, once: bool = False) -> int:
-        """Hold the lock and sync until stopped (or one round with ``once``)."""
+    def run(self, *, once: bool = False, resend_from: int | None = None) -> int:
+        """Hold the lock and sync until stopped (or one round with ``once``). With
+        ``resend_from``, this till's events from that seq are pushed again first (the rewind
+        happens under the lock, so no other worker is pushing meanwhile)."""
         self.lock.acquire()
         try:
+            if resend_from is not None:
+                self.client.replica.rewind(resend_from - 1)
             if once:
                 self.run_once()
                 return 0

@@ -503,10 +503,8 @@ def _sync(args: argparse.Namespace, settings: Any) -> int:
         if args.bootstrap:
             code, loaded = _bootstrap(args, settings, ledger, creds)
             return code or _emit(args, loaded, _loaded_text(loaded))
-        if args.resend_from is not None:
-            if args.resend_from < 1:
-                return _fail("--resend-from must be a seq of 1 or more", 2)
-            Replica(ledger).rewind(args.resend_from - 1)  # acked_seq only ever goes down here
+        if args.resend_from is not None and args.resend_from < 1:
+            return _fail("--resend-from must be a seq of 1 or more", 2)
         worker = SyncWorker(
             ledger,
             creds,
@@ -519,7 +517,7 @@ def _sync(args: argparse.Namespace, settings: Any) -> int:
             signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
             ledger.start_file_check(every=FILE_CHECK_EVERY)  # runs for months: damage pauses it
         try:
-            worker.run(once=args.once)
+            worker.run(once=args.once, resend_from=args.resend_from)
         except AlreadyRunning as exc:
             return _fail(str(exc))
         except SyncFailed as exc:
