@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -25,7 +27,7 @@ from sync.server import schema
 from sync.server.app import create_server_app
 from sync.server.store import ServerStore
 
-from .conftest import Till
+from .conftest import Postgres, Till
 from .helpers import event_ids, nonzero, pair_till, sale, sync_round, till_balances
 
 TILLS = 3
@@ -81,6 +83,16 @@ def overdrawn_by_redemptions(store: ServerStore, merchant: str) -> set[tuple[str
     return out
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def server_url(request: pytest.FixtureRequest) -> Callable[[Path], str]:
+    """A new, empty server database per example: a SQLite file in the example's folder, or
+    a database of its own on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        return lambda root: f"sqlite:///{root / 'server.sqlite'}"
+    pg: Postgres = request.getfixturevalue("postgres")
+    return lambda _root: pg.new_database()
+
+
 @settings(
     max_examples=12,
     deadline=None,
@@ -89,10 +101,12 @@ def overdrawn_by_redemptions(store: ServerStore, merchant: str) -> set[tuple[str
 @given(ops=OPS)
 # Two offline tills each spend most of the same balance: the second one ingested overdraws.
 @example(ops=[(1, "redeem", 0, 40), (2, "redeem", 0, 40), (0, "redeem", 1, 30)])
-def test_all_tills_converge(ops: list[tuple[int, str, int, int]]) -> None:
+def test_all_tills_converge(
+    server_url: Callable[[Path], str], ops: list[tuple[int, str, int, int]]
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        store = ServerStore(f"sqlite:///{root / 'server.sqlite'}")
+        store = ServerStore(server_url(root))
         tills = make_tills(root)
         with TestClient(create_server_app(store, rate=1e6, burst=10**6)) as http:
             for till in tills:
