@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -21,27 +22,38 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_agent_serves_plugin_api_and_stops(tmp_path: Path) -> None:
+def start_agent(
+    data_dir: Path, *agent_args: str, program: Sequence[str] = ("-m", "pos_loyalty.cli")
+) -> tuple[subprocess.Popen[str], str]:
+    """``pos-loyalty agent`` (run as ``python <program>``) on a free port, its output piped,
+    once its health answers (whatever it says): the process and the API's base URL."""
     port = free_port()
-    cmd = [sys.executable, "-m", "pos_loyalty.cli", "--data-dir", str(tmp_path)]
     proc = subprocess.Popen(
-        [*cmd, "agent", "--demo", "--port", str(port)],
+        [sys.executable, *program, "--data-dir", str(data_dir), "agent"]
+        + [*agent_args, "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{base}/v1/health", timeout=1)
+            return proc, base
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                out, _ = proc.communicate(timeout=20)
+                raise AssertionError(f"agent did not come up in 30 s: {out}") from None
+            time.sleep(0.1)
+
+
+def test_agent_serves_plugin_api_and_stops(tmp_path: Path) -> None:
+    proc, base = start_agent(tmp_path, "--demo")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                health = httpx.get(f"{base}/v1/health", timeout=1).json()
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-                assert time.monotonic() < deadline, "agent did not come up in 30 s"
-                time.sleep(0.1)
+        health = httpx.get(f"{base}/v1/health").json()
         assert health["terminal_id"] == "till-1"
         code = demo_codes("PL")[0]
         card = httpx.get(f"{base}/v1/cards/{code}").json()
@@ -61,5 +73,6 @@ def test_agent_serves_plugin_api_and_stops(tmp_path: Path) -> None:
     assert code in out  # the demo card codes are printed for the cashier
     # The agent's output never carries what was scanned beyond the demo banner.
     assert out.count(code) == 1
+    cmd = [sys.executable, "-m", "pos_loyalty.cli", "--data-dir", str(tmp_path)]
     verify = subprocess.run([*cmd, "ledger", "verify"], capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stderr

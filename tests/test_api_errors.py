@@ -4,12 +4,8 @@ line that names the route and the exception's type, never what the request carri
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
@@ -21,7 +17,7 @@ from pos_loyalty.demo import demo_codes
 from sync.server.app import create_server_app
 from sync.server.store import ServerStore
 
-from .test_agent_process import free_port
+from .test_agent_process import start_agent
 
 DECLARED = {"400", "404", "409", "413", "422", "500", "503"}
 
@@ -126,26 +122,8 @@ FAULTY_AGENT = textwrap.dedent(
 def test_an_internal_fault_is_one_log_line_without_what_was_scanned(
     tmp_path: Path, scan: str
 ) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", FAULTY_AGENT, "--data-dir", str(tmp_path), "agent"]
-        + ["--demo", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_agent(tmp_path, "--demo", program=("-c", FAULTY_AGENT))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/v1/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None
-                assert time.monotonic() < deadline, "agent did not come up in 30 s"
-                time.sleep(0.1)
         answers = [
             httpx.get(f"{base}/v1/cards/{scan}"),
             httpx.post(f"{base}/v1/cards/lookup", json={"code": scan}),

@@ -917,19 +917,7 @@ class ServerStore:
         the till that recorded the event."""
         if stored is None:
             return
-        copy = WireEvent.model_construct(
-            id=ev.id,
-            terminal_id=ev.terminal_id,
-            seq=ev.seq,
-            kind=stored.kind,
-            at=stored.at,
-            customer_id=stored.customer_id,
-            key=stored.key,
-            payload=stored.payload,
-            prev_hash=bytes(stored.prev_hash).hex(),
-            hash=bytes(stored.hash).hex(),
-        )
-        if copy.checked_payload() is not None:
+        if WireEvent.from_row(stored).checked_payload() is not None:
             return  # the stored copy is sound: a resend written differently changes nothing
         fields = {
             "kind": ev.kind,
@@ -952,8 +940,8 @@ class ServerStore:
         log.warning("event %s (till %s, seq %d) repaired", ev.id, ev.terminal_id, ev.seq)
 
     def _known_events(self, conn: Connection, merchant_id: str, ids: list[str]) -> list[Any]:
-        """``(id, hash, kind, at, customer_id, key, payload, prev_hash)`` of the events among
-        ``ids`` the merchant already holds."""
+        """The rows (the columns ``WireEvent.from_row`` reads) of the events among ``ids``
+        the merchant already holds."""
         e = schema.events
         if self.is_sqlite:
             found: list[Any] = []
@@ -961,15 +949,16 @@ class ServerStore:
                 found.extend(
                     conn.execute(
                         select(
-                            e.c.id, e.c.hash, e.c.kind, e.c.at, e.c.customer_id, e.c.key,
-                            e.c.payload, e.c.prev_hash,
+                            e.c.id, e.c.terminal_id, e.c.seq, e.c.kind, e.c.at,
+                            e.c.customer_id, e.c.key, e.c.payload, e.c.prev_hash, e.c.hash,
                         ).where(e.c.merchant_id == merchant_id, e.c.id.in_(chunk))
                     )
                 )  # fmt: skip
             return found
         return list(
             conn.exec_driver_sql(
-                "SELECT id, hash, kind, at, customer_id, key, payload, prev_hash FROM events"
+                "SELECT id, terminal_id, seq, kind, at, customer_id, key, payload, prev_hash,"
+                " hash FROM events"
                 " WHERE merchant_id = %(m)s AND id = ANY(%(ids)s::text[])",
                 {"m": merchant_id, "ids": _pg_text_array(ids)},
             ).all()

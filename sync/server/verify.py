@@ -20,9 +20,10 @@ import contextlib
 import heapq
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 from pos_loyalty.ledger.codec import GENESIS
+from pos_loyalty.ledger.replication import StoredEvent
 from sync.protocol import WireEvent
 
 from .store import ServerStore
@@ -65,21 +66,6 @@ class ChainReport:
             self.more_problems += 1
 
 
-class _EventRow(NamedTuple):
-    """What ``WireEvent.from_row`` reads (attribute names of the till's ``events`` row)."""
-
-    id: str
-    terminal_id: str
-    seq: int
-    kind: str
-    at: str
-    customer_id: str | None
-    key: str | None
-    payload: str
-    prev_hash: bytes
-    hash: bytes
-
-
 # Both in the order Python compares them in (``heapq.merge``): terminal ids by code point,
 # which is SQLite's BINARY and PostgreSQL's "C" collation (a database's own collation may
 # sort "Till-B" before "till-a", or ignore case and punctuation).
@@ -117,7 +103,7 @@ def verify_chains(store: ServerStore, merchant_id: str | None = None) -> ChainRe
             walk.link(slot, bytes(prev_hash), bytes(digest))
             if row is not None:  # an accepted event: its content too
                 report.events += 1
-                event = _EventRow(
+                event = StoredEvent(
                     event_id, t, s, row[7], row[8], row[9], row[10], row[11],
                     bytes(prev_hash), bytes(digest),
                 )  # fmt: skip

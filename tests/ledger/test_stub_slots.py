@@ -31,6 +31,12 @@ def stub(e: StoredEvent, prev_hash: bytes | None = None) -> Stub:
 
 def forked_chain(tmp_path: Path) -> tuple[StoredEvent, StoredEvent, StoredEvent, StoredEvent]:
     """Till A's seq 1 and 2, then, restored to seq 1, its new seq 2 and 3."""
+    first, second, again, third = fork_of_a(tmp_path, 2)
+    return first, second, again, third
+
+
+def fork_of_a(tmp_path: Path, new: int) -> list[StoredEvent]:
+    """Till A's seq 1 and 2, then, restored to seq 1, its ``new`` events from seq 2 on."""
     path = tmp_path / "a.sqlite"
     a = Ledger(path, "A")
     (first,) = append(a, [credit("A", "c1", 1)])
@@ -40,10 +46,10 @@ def forked_chain(tmp_path: Path) -> tuple[StoredEvent, StoredEvent, StoredEvent,
     second = append(a, [credit("A", "c2", 10)])[-1]
     a.close()
     restored = Ledger(tmp_path / "a-backup.sqlite", "A")
-    again, third = append(restored, [credit("A", "c1", 100), credit("A", "c1", 1000)])[-2:]
+    forked = append(restored, [credit("A", "c1", 100 + n) for n in range(new)])[-new:]
     restored.close()
-    assert again.seq == second.seq == 2 and again.hash != second.hash
-    return first, second, again, third
+    assert forked[0].seq == second.seq == 2 and forked[0].hash != second.hash
+    return [first, second, *forked]
 
 
 def stub_rows(path: Path) -> list[tuple[Any, ...]]:
@@ -126,19 +132,7 @@ def test_verify_walks_back_through_the_fork_a_region_till_holds_as_stubs(tmp_pat
     """A region-only till holds A's seq 1, stubs of both epochs at seq 2, the restored
     epoch's stub at seq 3 and A's seq 4: verify must take the stubs that lead to seq 4, not
     the first that fits at seq 2."""
-    path = tmp_path / "a.sqlite"
-    a = Ledger(path, "A")
-    (first,) = append(a, [credit("A", "c1", 1)])
-    a.close()
-    shutil.copy(path, tmp_path / "a-backup.sqlite")
-    a = Ledger(path, "A")
-    second = append(a, [credit("A", "c2", 10)])[-1]
-    a.close()
-    restored = Ledger(tmp_path / "a-backup.sqlite", "A")
-    again, third, fourth = append(
-        restored, [credit("A", "c1", 100), credit("A", "c1", 1000), credit("A", "c1", 7)]
-    )[-3:]
-    restored.close()
+    first, second, again, third, fourth = fork_of_a(tmp_path, 3)
     b = Ledger(tmp_path / "b.sqlite", "B")
     try:
         replica = Replica(b)

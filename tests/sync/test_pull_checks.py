@@ -69,6 +69,22 @@ def _two_tills(
     return a, b, card
 
 
+def _backed_up(till: Till, make_till: Callable[..., Till], backup: Path) -> Till:
+    """``till`` after its ledger file was copied to ``backup`` (closed, then opened again)."""
+    till.service.ledger.close()
+    shutil.copy(till.service.ledger.path, backup)
+    return make_till(till.terminal_id)
+
+
+def _restored(till: Till, make_till: Callable[..., Till], backup: Path) -> Till:
+    """``till`` restored from ``backup``: its ledger file replaced, as after a disk loss."""
+    till.service.ledger.close()
+    shutil.copy(backup, till.service.ledger.path)
+    for suffix in ("-wal", "-shm"):
+        Path(str(till.service.ledger.path) + suffix).unlink(missing_ok=True)
+    return make_till(till.terminal_id)
+
+
 def _refused(till: Till) -> SyncFailed:
     with pytest.raises(SyncFailed) as caught:
         sync_round(till)
@@ -195,17 +211,11 @@ def test_a_restored_tills_new_epoch_is_pulled_and_verifies_everywhere(
     a, b, card = _two_tills(store, live_server, make_till)
     sync_round(b)
     backup = tmp_path / "a-backup.sqlite"
-    a.service.ledger.close()
-    shutil.copy(a.service.ledger.path, backup)
-    a = make_till("till-a")
+    a = _backed_up(a, make_till, backup)
     sale(a.service, card, "A-lost", price=3000)  # reaches the server and B, then is lost
     sync_round(a)
     sync_round(b)
-    a.service.ledger.close()
-    shutil.copy(backup, a.service.ledger.path)
-    for suffix in ("-wal", "-shm"):
-        Path(str(a.service.ledger.path) + suffix).unlink(missing_ok=True)
-    a = make_till("till-a")
+    a = _restored(a, make_till, backup)
 
     sale(a.service, card, "A-again", price=1000)  # the re-used seq: quarantined
     sale(a.service, card, "A-new", price=2000)  # a new seq, after the quarantined one
@@ -278,9 +288,7 @@ def test_a_till_bootstrapped_before_the_fork_verifies_after_it(
 
     a, _, card = _two_tills(store, live_server, make_till)
     backup = tmp_path / "a-backup.sqlite"
-    a.service.ledger.close()
-    shutil.copy(a.service.ledger.path, backup)
-    a = make_till("till-a")
+    a = _backed_up(a, make_till, backup)
     sale(a.service, card, "A-lost", price=3000)
     sync_round(a)
     c = make_till("till-c")
@@ -288,11 +296,7 @@ def test_a_till_bootstrapped_before_the_fork_verifies_after_it(
     creds = c.replica.credentials()
     assert creds is not None
     bootstrap(c.replica, creds)
-    a.service.ledger.close()
-    shutil.copy(backup, a.service.ledger.path)
-    for suffix in ("-wal", "-shm"):
-        Path(str(a.service.ledger.path) + suffix).unlink(missing_ok=True)
-    a = make_till("till-a")
+    a = _restored(a, make_till, backup)
     sale(a.service, card, "A-again", price=1000)
     sale(a.service, card, "A-new", price=2000)
     sync_round(a)
