@@ -421,7 +421,7 @@ class Ledger:
         self._closed.set()  # ends a repeating file check
         self.engine.dispose()
 
-    def start_file_check(self, every: float | None = None) -> threading.Thread:
+    def start_file_check(self, every: float | None = None) -> threading.Thread:  # float ok: s
         """Run SQLite's quick check of the whole file in a background thread (a long-running
         till: the agent, the terminal), on a read-only connection of its own: sales go on
         meanwhile (WAL), and SQLite works without holding the GIL. What it finds is in
