@@ -222,8 +222,7 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
 
     told: set[str] = set()  # ledger troubles already logged: once each, not per request
 
-    @app.exception_handler(LedgerError)
-    async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
+    def refused(exc: LedgerError, **extra: Any) -> JSONResponse:
         if str(exc) not in told:
             told.add(str(exc))
             log.error("ledger unavailable: %s", exc)
@@ -233,12 +232,27 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
                 "ledger_damaged",
                 "The till's ledger file is damaged; nothing was changed. Carry on without "
                 "loyalty and have the file checked (`pos-loyalty ledger verify`).",
+                **extra,
             )
-        return error(503, "ledger_unavailable", "The till's ledger cannot be used right now.")
+        return error(
+            503, "ledger_unavailable", "The till's ledger cannot be used right now.", **extra
+        )
+
+    @app.exception_handler(LedgerError)
+    async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
+        return refused(exc)
 
     @app.get("/v1/health")
-    def health() -> dict[str, Any]:
-        out = service.health()
+    def health() -> Any:
+        try:
+            out = service.health()
+        except LedgerError as exc:
+            # A monitor polling health must still learn why (the file check's finding) and
+            # the sync state: the 503 carries what can be told without the ledger.
+            partial = service.health_without_ledger()
+            if status is not None:
+                partial.update(status())
+            return refused(exc, health=partial)
         if status is not None:
             out.update(status())
         return out

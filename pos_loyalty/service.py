@@ -931,15 +931,22 @@ class Service:
     def health(self) -> dict[str, Any]:
         with self.ledger.reader() as tx:
             seq, digest = tx.head()
+        out = self.health_without_ledger()
+        out["events_waiting"] = seq
+        out["head"] = {"seq": seq, "hash": digest.hex()}
+        return out
+
+    def health_without_ledger(self) -> dict[str, Any]:
+        """What ``health`` tells without reading the ledger: all a monitor can be told once
+        the ledger is refused (damaged, unavailable)."""
         return {
             "terminal_id": self.settings.terminal_id,
             "store_id": self.settings.store_id,
             "online": False,
-            "events_waiting": seq,
-            "head": {"seq": seq, "hash": digest.hex()},
             # SQLite's check of the whole file, run in the background by the agent and the
-            # terminal (``Ledger.start_file_check``); once it finds damage, this call and
-            # every other answers 503 ``ledger_damaged`` instead.
+            # terminal (``Ledger.start_file_check``); once it finds damage, ``health`` and
+            # every other call raise ``LedgerDamaged`` (the API's 503 ``ledger_damaged``,
+            # whose body carries this dict).
             "ledger_check": self.ledger.file_check.as_dict(),
             "programs": {
                 "version": self.programs_version,

@@ -208,6 +208,13 @@ def test_the_file_check_stops_a_till_on_damage_its_reads_have_not_met(tmp_path: 
         # The event stream answers the same before it starts (its hello reads the ledger).
         r = client.get("/v1/events")
         assert r.status_code == 503 and r.json()["error"]["code"] == "ledger_damaged"
+        # Health is refused too, but a monitor still learns why, and the rest it can tell.
+        r = client.get("/v1/health")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "ledger_damaged"
+        told = r.json()["error"]["health"]
+        assert told["ledger_check"] == check.as_dict()
+        assert told["terminal_id"] == service.settings.terminal_id
+        assert "events_waiting" not in told  # not known without the ledger
         assert files(path) == before
     finally:
         service.ledger.close()
