@@ -59,6 +59,16 @@ def _carries_payment_card(text: str) -> bool:
     return carries_payment_card(text)
 
 
+def _refuse_card_data(what: str, texts: list[str | None]) -> None:
+    """Refuse free text that carries payment-card data (a keyboard card reader typing into
+    a form field): nothing is written and the text is not repeated (DESIGN invariant 10)."""
+    if any(text and carries_payment_card(text) for text in texts):
+        raise DomainError(
+            "payment_card_rejected",
+            f"The {what} carries payment card data, which is never stored; nothing was done.",
+        )
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str | None = None
@@ -278,6 +288,18 @@ class Service:
         self, profile: Profile, at: datetime | None = None, card_code: str | None = None
     ) -> dict[str, Any]:
         """A new customer with a new card (or the pre-printed ``card_code``) and welcome gifts."""
+        _refuse_card_data(
+            "customer's details",
+            [
+                profile.name,
+                profile.email,
+                profile.phone,
+                profile.referral_code,
+                card_code,
+                *profile.tags,
+                *profile.consents,
+            ],
+        )
         when = self.resolve_at(at)
         referral = self.programs.of(ReferralProgram)
         if profile.referral_code and not referral:
@@ -395,6 +417,7 @@ class Service:
         return {"customer_id": customer_id, "card": {"code": code, "status": "active"}}
 
     def block_card(self, scanned: str, reason: str, at: datetime | None = None) -> dict[str, Any]:
+        _refuse_card_data("reason", [reason])
         when = self.resolve_at(at)
         with self.ledger.transaction() as tx:
             code, customer_id = self._card_customer(tx, scanned, for_write=True)
@@ -414,6 +437,7 @@ class Service:
         self, scanned: str, reason: str = "replaced", at: datetime | None = None
     ) -> dict[str, Any]:
         """Block the old card and issue a new one to the same customer, in one transaction."""
+        _refuse_card_data("reason", [reason])
         when = self.resolve_at(at)
         with self.ledger.transaction() as tx:
             old, customer_id = self._card_customer(tx, scanned, for_write=True)
@@ -505,10 +529,13 @@ class Service:
                 state = tx.state(customer_id)
             ctx = self._context(tx, customer_id, request.basket)
             issued = projections.open_coupons(tx.conn, customer_id) if customer_id else []
-        if state is not None:
-            for lot_event in self._expiries(state, when):
-                state.apply(lot_event)
-        result = engine.quote(request.basket, state, self.programs, when, ctx)
+            if state is not None:
+                for lot_event in self._expiries(state, when):
+                    state.apply(lot_event)
+            result = engine.quote(request.basket, state, self.programs, when, ctx)
+            if customer_id is not None and result.postings:
+                # The quote refuses what the commit would refuse (the price shown must hold).
+                self._check_offline_limits(tx, customer_id, result, when)
         return self._sale_response(
             request.receipt_id,
             result,
@@ -816,9 +843,14 @@ class Service:
             sale = tx.event(sale_receipt.event_id)
             assert sale is not None
             if when < sale.at:
-                raise DomainError(
-                    "refund_before_sale", "A refund cannot be dated before the sale it refunds."
-                )
+                if request.at is not None:
+                    raise DomainError(
+                        "refund_before_sale",
+                        "A refund cannot be dated before the sale it refunds.",
+                    )
+                # Undated: the sale was dated by a POS clock ahead of the till's (within
+                # the allowed skew); the refund takes the sale's moment, not a refusal.
+                when = sale.at
             customer_id = sale.customer_id
             new_events: list[Event] = []
             expired: dict[str, int] = {}
@@ -848,7 +880,21 @@ class Service:
                 expired=expired,
                 sale_lots={p.program: p.lot for p in sale.postings if p.delta > 0 and p.lot},
             )
+            everything = all(
+                sale_receipt.refunded.get(ln.index, 0) + units.get(ln.index, 0) >= ln.qty
+                for ln in lines
+            )
+            withdrawal: refunds.Withdrawal | None = None
+            referrer_events: list[Event] = []
+            if everything and customer_id is not None:
+                withdrawal = self._withdrawal(tx, sale, customer_id, expired)
+                if withdrawal.referral is not None:
+                    referrer_events = self._referral_reversal(
+                        tx, withdrawal.referral, customer_id, when, request.refund_id
+                    )
             postings = tuple(result.postings) if customer_id is not None else ()
+            if withdrawal is not None:
+                postings += tuple(withdrawal.postings)
             ev = self._event(
                 Kind.REFUND_COMMITTED,
                 when,
@@ -861,9 +907,10 @@ class Service:
                     "request_hash": digest,
                     "units": {str(i): n for i, n in sorted(units.items())},
                     "amount": result.amount,
+                    **({"uses": withdrawal.uses} if withdrawal and withdrawal.uses else {}),
                 },
             )
-            tx.append([*new_events, ev])
+            tx.append([*new_events, ev, *referrer_events])
             balances = self._balances(tx.state(customer_id), when) if customer_id else {}
             response = {
                 "refund_id": request.refund_id,
@@ -873,6 +920,13 @@ class Service:
                 "lines": [{"sku": lines[i].sku, "qty": n} for i, n in sorted(units.items())],
                 "reversed": {**result.reversed_points, **result.reversed_stamps},
                 "returned": {**result.returned_points, **result.returned_stamps},
+                # What the sale handed out for the whole purchase, taken back with its last
+                # unit: unused next-visit offers and reward coupons, a referral reward.
+                "withdrawn": {
+                    "offers": withdrawal.offers if withdrawal else [],
+                    "coupons": withdrawal.coupons if withdrawal else [],
+                    "referral": withdrawal.referral if withdrawal else None,
+                },
                 "balances": balances,
                 "tier": catalog.tier_of(self.programs, tx.state(customer_id), when)
                 if customer_id
@@ -880,6 +934,68 @@ class Service:
             }
             tx.set_response(key, response)
         return response
+
+    def _withdrawal(
+        self, tx: Tx, sale: Event, customer_id: str, expired: Mapping[str, int]
+    ) -> refunds.Withdrawal:
+        state = tx.state(customer_id)
+        offer_lots = {
+            offer.id: {
+                lot.lot_id: lot.remaining
+                for lot in state.lots_of(offer.id, Unit.OFFER).lots.values()
+            }
+            for offer in self.programs.of(NextVisitProgram)
+        }
+        keys = [f"coupon:{c['serial']}" for c in sale.data.get("coupons") or ()]
+        return refunds.withdraw_rewards(
+            sale_event_id=sale.id,
+            sale_postings=sale.postings,
+            sale_data=sale.data,
+            offer_lots=offer_lots,
+            usage=projections.usage_counts(tx.conn, keys) if keys else {},
+            programs=self.programs,
+            expired=expired,
+        )
+
+    def _referral_reversal(
+        self, tx: Tx, program_id: str, referred: str, when: datetime, refund_id: str
+    ) -> list[Event]:
+        """The referrer's reward for ``referred`` taken back (their first purchase was
+        refunded in full): the newest reward not yet taken back, if this till holds it."""
+        program = self.programs.get(program_id)
+        assert isinstance(program, ReferralProgram)
+        row = tx.customer(referred)
+        referrer = json.loads(row.profile).get("referred_by") if row else None
+        if not referrer:
+            return []
+        given = [
+            e
+            for e in tx.events_of(referrer, Kind.REFERRAL_REWARDED)
+            if e.data.get("referred") == referred
+        ]
+        if sum(int(e.data.get("points", 0)) for e in given) <= 0:
+            return []  # not held here yet (recorded elsewhere, not pulled), or taken back
+        reward = next(e for e in reversed(given) if int(e.data.get("points", 0)) > 0)
+        points = int(reward.data["points"])
+        credit = next((p for p in reward.postings if p.unit is Unit.POINTS and p.delta > 0), None)
+        postings = [Posting(program.id, Unit.COUNT, -1)]
+        if credit is not None:
+            lot = credit.lot or lot_id(reward.id, credit.program)
+            postings.append(Posting(credit.program, Unit.POINTS, -points, lot=lot))
+        return [
+            self._event(
+                Kind.REFERRAL_REWARDED,
+                when,
+                referrer,
+                postings=tuple(postings),
+                data={
+                    "referred": referred,
+                    "points": -points,
+                    "reason": "referral taken back: the first purchase was refunded",
+                    "refund_id": refund_id,
+                },
+            )
+        ]
 
     # -- adjustments ----------------------------------------------------------------------
     def adjust(
@@ -902,6 +1018,7 @@ class Service:
             )
         if not reason.strip():
             raise DomainError("reason_required", "An adjustment needs a reason.")
+        _refuse_card_data("reason", [reason])
         expires = None
         if isinstance(program, PointsProgram) and delta > 0 and program.expiry_days:
             expires = when + timedelta(days=program.expiry_days)

@@ -339,6 +339,44 @@ def test_bad_enrolments(client: TestClient, change: dict[str, Any]) -> None:
     assert head(client) == before
 
 
+TRACK = "%B4111111111111111^DOE/JOHN^29121010000000000000?;4111111111111111=29121010000?"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": TRACK},
+        {"phone": "4111 1111 1111 1111"},
+        {"email": "4111111111111111@x.example"},
+        {"referral_code": "4111111111111111"},
+        {"tags": ["vip", "4111111111111111"]},
+    ],
+    ids=["name-track", "phone-pan", "email-pan", "referral-pan", "tag-pan"],
+)
+def test_card_data_typed_into_enrolment_fields_is_refused_unrepeated(
+    client: TestClient, change: dict[str, Any]
+) -> None:
+    """A keyboard card reader typing into a form field: refused before anything is written,
+    and the answer does not repeat the number (DESIGN invariant 10)."""
+    before = head(client)
+    r = client.post("/v1/customers", json=change)
+    assert assert_refused(r)["code"] == "payment_card_rejected"
+    assert "4111" not in r.text
+    assert head(client) == before
+
+
+def test_card_data_in_a_reason_is_refused(client: TestClient, card: str) -> None:
+    customer = client.get(f"/v1/cards/{card}").json()["customer"]["id"]
+    before = head(client)
+    r = client.post(
+        f"/v1/customers/{customer}/adjustments",
+        json={"program": "points", "delta": 5, "reason": TRACK},
+    )
+    assert assert_refused(r)["code"] == "payment_card_rejected"
+    assert "4111" not in r.text
+    assert head(client) == before
+
+
 def test_bad_reads_and_routes(client: TestClient, card: str) -> None:
     before = head(client)
     customer = client.get(f"/v1/cards/{card}").json()["customer"]["id"]

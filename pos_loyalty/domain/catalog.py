@@ -38,7 +38,7 @@ from .programs import (
     TierLevel,
     TierProgram,
 )
-from .state import CustomerState
+from .state import CustomerState, Lot
 
 if TYPE_CHECKING:
     from .engine import LineResult, Quote
@@ -109,7 +109,16 @@ def resolve_codes(
             continue
         seen.add(key)
         if coupons.looks_like_coupon(code):
-            out.append(_check_coupon(code, basket, state, programs, at, ctx))
+            applied = _check_coupon(code, basket, state, programs, at, ctx)
+            if any(other.program is applied.program for other in out):
+                # A coupon program gives its value once per basket: a second coupon of it
+                # would be marked used for nothing, so it is refused and stays valid.
+                raise _reject(
+                    "not_combinable",
+                    f"Only one {applied.program.label!r} coupon can be used per purchase; "
+                    "keep the other one for another visit.",
+                )
+            out.append(applied)
         else:
             out.append(_check_promo(code, basket, state, programs, at, ctx))
     return out
@@ -368,23 +377,47 @@ def _member_offer(
         return _percent_off(p.percent_bp, lines)
     out = {}
     for ln in lines:
-        off = min(max(ln.unit_price - p.price, 0) * _paid_units(ln), ln.total)
+        # A member price is a price: it takes a unit down to ``price`` from what the unit
+        # costs now, so a unit already cheaper (in a bundle, say) gets nothing more.
+        off = min(max(ln.total - p.price * _paid_units(ln), 0), ln.total)
         if off:
             out[ln.index] = off
     return out
 
 
+def _left(ln: LineResult) -> int:
+    """What is left to pay on a line after the discounts applied so far."""
+    return ln.qty * ln.unit_price - ln.discount
+
+
 def _units(result: Quote, target: Target) -> list[tuple[int, int]]:
-    """(unit price, line index) for every matching unit not already free, dearest first."""
+    """(value, line index) for every matching unit not already free, dearest first.
+
+    A unit is worth what is left to pay on it (its line's remainder split over its paid
+    units), not its list price: a promotion applied before (a member price) has already
+    taken the rest, and a bundle or a free unit must not give it a second time."""
     # ties by SKU and category, not by position: the result must not depend on line order.
     # Every unit of a line has the same sort key, so the lines are sorted once and expanded.
-    lines = [ln for ln in _matching(target, result.lines) if ln.gift is None]
-    lines.sort(key=lambda ln: (-ln.unit_price, ln.sku, ln.category or "", ln.index))
+    lines = [
+        ln
+        for ln in _matching(target, result.lines)
+        if ln.gift is None and ln.qty > ln.free_units and _left(ln) > 0
+    ]
+    lines.sort(
+        key=lambda ln: (
+            -(_left(ln) // (ln.qty - ln.free_units)),
+            -ln.unit_price,
+            ln.sku,
+            ln.category or "",
+            ln.index,
+        )
+    )
     units: list[tuple[int, int]] = []
     for ln in lines:
         paid = ln.qty - ln.free_units
-        if paid > 0:
-            units.extend([(ln.unit_price, ln.index)] * paid)
+        left = _left(ln)
+        values = allocate(left, [1] * paid, [left] * paid) if paid > 1 else [left]
+        units.extend((value, ln.index) for value in sorted(values, reverse=True))
     return units
 
 
@@ -670,13 +703,17 @@ def apply_promotions(
                 discounts.append(Discount(program.id, index, amount, label))
         budget -= take
         applied_any = True
-        _note_use(program, codes, state, result)
+        _note_use(program, codes, state, at, result)
         if program.scope.exclusive:
             break
 
 
 def _note_use(
-    program: Any, codes: list[AppliedCode], state: CustomerState | None, result: Quote
+    program: Any,
+    codes: list[AppliedCode],
+    state: CustomerState | None,
+    at: datetime,
+    result: Quote,
 ) -> None:
     if isinstance(program, PromoCodeProgram):
         key = f"promo:{program.id}"
@@ -688,7 +725,20 @@ def _note_use(
             if applied.program is program and applied.coupon is not None:
                 result.uses[f"coupon:{applied.coupon.serial}"] = 1
     elif isinstance(program, NextVisitProgram):
-        result.postings.append(Posting(program.id, Unit.OFFER, -1))
+        # The offer used is the live one expiring soonest, named: an unnamed debit takes the
+        # soonest-expiring lot, which may be an offer that ran out unused (offers get no
+        # expiry events), and the live offer would then be used a second time.
+        live = (
+            [
+                lot
+                for lot in state.lots_of(program.id, Unit.OFFER).lots.values()
+                if lot.expires_at is None or lot.expires_at > at
+            ]
+            if state is not None
+            else []
+        )
+        used = min(live, key=Lot.sort_key).lot_id if live else None
+        result.postings.append(Posting(program.id, Unit.OFFER, -1, lot=used))
         result.uses[f"offer-used:{program.id}"] = 0  # marker: no new offer from this sale
 
 

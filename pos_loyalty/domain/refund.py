@@ -13,13 +13,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from .engine import LineResult
 from .errors import DomainError
 from .events import Posting, Unit
 from .ids import lot_id
 from .money import scale_floor
-from .programs import CashbackProgram, PointsProgram, ProgramSet
+from .programs import (
+    CashbackProgram,
+    PointsProgram,
+    ProgramSet,
+    ReferralProgram,
+    StampBasis,
+    StampCardProgram,
+)
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,10 @@ def reverse(
         if taken:
             postings.append(Posting(tiers.id, Unit.SPEND, -taken, lot=own_lot(tiers.id)))
     for card in programs.stamp_cards:
-        taken = delta("stamps_earned", card.id)
+        if card.per is StampBasis.VISIT:
+            taken = _visit_stamp_taken(card, lines, already, after)
+        else:
+            taken = delta("stamps_earned", card.id)
         if taken:
             reversed_stamps[card.id] = taken
             postings.append(Posting(card.id, Unit.STAMPS, -taken))
@@ -193,5 +204,122 @@ def reverse(
     )
 
 
+def _visit_stamp_taken(
+    card: StampCardProgram,
+    lines: Sequence[LineResult],
+    already: Mapping[int, int],
+    after: Mapping[int, int],
+) -> int:
+    """A per-visit card's stamp comes back with the last paid unit that qualified for it,
+    whichever line it was recorded on: the visit counted as long as one such unit stays."""
+    earned = sum(line.stamps_earned.get(card.id, 0) for line in lines)
+    if not earned:
+        return 0
+    qualifying = [
+        line
+        for line in lines
+        if line.stamps_earned.get(card.id)
+        or (card.qualifies(line.sku, line.category) and line.qty > line.free_units)
+    ]
+
+    def all_back(done: Mapping[int, int]) -> bool:
+        return all(done.get(line.index, 0) >= line.qty for line in qualifying)
+
+    return earned if all_back(after) and not all_back(already) else 0
+
+
 def _expiry(program: PointsProgram, at: datetime) -> datetime | None:
     return at + timedelta(days=program.expiry_days) if program.expiry_days else None
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """What a sale handed out for the purchase as a whole, taken back when every unit of
+    it has been refunded (DESIGN invariant 9: a refund reverses what the sale did).
+
+    Attributes:
+      postings: for the sale's customer: the next-visit offers it issued and that are still
+        unused, the referral points its purchase triggered (minus any of the sale's points
+        that already expired), and the referral re-opened (a later qualifying purchase
+        triggers it again).
+      uses: ``coupon:<serial>`` uses that retire the reward coupons it issued and that are
+        still unused (counted like a redemption on every till).
+      offers, coupons: the programs and serials withdrawn (for the answer).
+      referral: the referral program whose first-purchase reward this sale triggered; the
+        referrer's reward is taken back by the caller, which finds that event.
+    """
+
+    postings: list[Posting]
+    uses: dict[str, int]
+    offers: list[str]
+    coupons: list[str]
+    referral: str | None
+
+
+def withdraw_rewards(
+    *,
+    sale_event_id: str,
+    sale_postings: Sequence[Posting],
+    sale_data: Mapping[str, Any],
+    offer_lots: Mapping[str, Mapping[str, int]],
+    usage: Mapping[str, int],
+    programs: ProgramSet,
+    expired: Mapping[str, int],
+) -> Withdrawal:
+    """The withdrawal of a fully refunded sale's rewards.
+
+    ``offer_lots``: per next-visit program, the customer's offer lots and what is left of
+    each; ``usage``: current use counts of the sale's coupons (``coupon:<serial>``);
+    ``expired``: per points program, how many of the sale's points already expired."""
+    postings: list[Posting] = []
+    offers: list[str] = []
+    for posting in sale_postings:
+        if posting.unit is Unit.OFFER and posting.delta > 0:
+            lot = posting.lot or lot_id(sale_event_id, posting.program)
+            left = offer_lots.get(posting.program, {}).get(lot, 0)
+            if left > 0:  # not used yet (an offer used on a later visit stays used)
+                postings.append(Posting(posting.program, Unit.OFFER, -left, lot=lot))
+                offers.append(posting.program)
+    uses: dict[str, int] = {}
+    serials: list[str] = []
+    for coupon in sale_data.get("coupons") or ():
+        key = f"coupon:{coupon['serial']}"
+        if not usage.get(key):
+            uses[key] = 1
+            serials.append(str(coupon["serial"]))
+    referral: str | None = None
+    for posting in sale_postings:
+        program = programs.get(posting.program.removesuffix(":pending"))
+        if (
+            posting.unit is Unit.COUNT
+            and posting.delta < 0
+            and posting.program.endswith(":pending")
+            and isinstance(program, ReferralProgram)
+        ):
+            referral = program.id
+            postings.append(Posting(posting.program, Unit.COUNT, -posting.delta))
+            given = next(
+                (
+                    int(item.get("points", 0))
+                    for item in sale_data.get("issued") or ()
+                    if item.get("kind") == "referral" and item.get("program") == program.id
+                ),
+                0,
+            )
+            # Points of the sale that already expired count against the referral bonus
+            # first: what is gone is not taken back twice.
+            take = max(0, given - expired.get(program.points_program, 0))
+            if take:
+                credit = next(
+                    (
+                        p
+                        for p in sale_postings
+                        if p.program == program.points_program and p.delta > 0
+                    ),
+                    None,
+                )
+                lot = (credit.lot if credit else None) or lot_id(
+                    sale_event_id, program.points_program
+                )
+                postings.append(Posting(program.points_program, Unit.POINTS, -take, lot=lot))
+    return Withdrawal(postings, uses, offers, serials, referral)

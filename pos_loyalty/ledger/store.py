@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
-from pos_loyalty.domain.events import Event
+from pos_loyalty.domain.events import Event, Kind
 from pos_loyalty.domain.state import CustomerState, PointsAccount
 
 from . import schema
@@ -610,6 +610,16 @@ class Tx:
             query = query.where(schema.events.c.pos < before)
         query = query.order_by(schema.events.c.pos.desc()).limit(limit)
         return [(row.pos, event_from_row(row, self.dicts)) for row in self.conn.execute(query)]
+
+    def events_of(self, customer_id: str, kind: Kind) -> list[Event]:
+        """A customer's events of one kind, in local order."""
+        query = (
+            select(schema.events)
+            .where(schema.events.c.customer_id == customer_id)
+            .where(schema.events.c.kind == kind.value)
+            .order_by(schema.events.c.pos)
+        )
+        return [event_from_row(row, self.dicts) for row in self.conn.execute(query)]
 
     def redeemed_between(self, start: str, end: str, customer_id: str | None = None) -> int:
         """Points this till's sales redeemed with ``start <= at < end`` (ISO UTC strings),
