@@ -12,6 +12,7 @@ from typing import Any
 from pos_loyalty.config import Settings
 from pos_loyalty.ledger.store import Ledger
 from pos_loyalty.service import Service
+from pos_loyalty.sync_status import read_status
 
 LEDGER_FILE = "ledger.sqlite"
 log = logging.getLogger(__name__)
@@ -61,6 +62,39 @@ def _offline_status(note: str) -> Callable[[], dict[str, Any]]:
     return status
 
 
+def _recorded_status(
+    service: Service, replica: Any, server_url: str, note: str
+) -> Callable[[], dict[str, Any]]:
+    """Health of a till synced by another process, from what that process records in the
+    ledger: online while its last successful pull is recent (``Service.recently_synced``)."""
+
+    def status() -> dict[str, Any]:
+        try:
+            waiting = replica.waiting()
+            conflicts = replica.conflict_count()
+        except Exception:  # noqa: BLE001 - health must answer even with a busy ledger
+            waiting, conflicts = -1, -1
+        round_ = read_status(service.settings.data_dir)
+        online = service.online()
+        return {
+            "online": online,
+            "events_waiting": waiting,
+            "sync": {
+                "online": online,
+                "last_success": round_.last_success.isoformat()
+                if round_ and round_.last_success
+                else None,
+                "last_error": round_.last_error if round_ else None,
+                "events_waiting": waiting,
+                "conflicts": conflicts,
+                "server_url": server_url,
+                "state": note,
+            },
+        }
+
+    return status
+
+
 def start_embedded_sync(service: Service) -> EmbeddedSync:
     """Start syncing in a background thread when the config enables it and the till is paired.
 
@@ -68,17 +102,37 @@ def start_embedded_sync(service: Service) -> EmbeddedSync:
     a status provider for ``/v1/health`` and the UI. Never raises: a till works offline.
     """
     settings = service.settings
-    if not settings.sync.enabled:
-        note = "sync not configured"
-        return EmbeddedSync(_offline_status(note), lambda: None, note)
     from pos_loyalty.ledger.replication import Replica
     from pos_loyalty.server_programs import Follower, ServerPrograms
     from sync.daemon import AlreadyRunning, SyncWorker
 
-    credentials = Replica(service.ledger).credentials()
+    replica = Replica(service.ledger)
+    credentials = replica.credentials()
     if credentials is None:
-        note = "not paired: run `pos-loyalty pair --server URL --token T`"
+        note = (
+            "not paired: run `pos-loyalty pair --server URL --token T`"
+            if settings.sync.enabled
+            else "sync not configured"
+        )
         return EmbeddedSync(_offline_status(note), lambda: None, note)
+
+    def follow(note: str) -> EmbeddedSync:
+        # Another process (``pos-loyalty sync``) syncs this ledger and stores the server's
+        # program configuration: follow its file, and tell what it records in the ledger.
+        assert credentials is not None
+        follower = Follower(
+            settings,
+            _apply_programs(service),
+            merchant_id=credentials.merchant_id,
+            interval=min(float(settings.sync.interval_seconds), 30.0),
+        )
+        follower.start()
+        status = _recorded_status(service, replica, credentials.server_url, note)
+        return EmbeddedSync(status, follower.stop, note)
+
+    if not settings.sync.enabled:
+        # Paired, but this process is not to sync: a separate `pos-loyalty sync` does.
+        return follow("paired; synced by a separate `pos-loyalty sync` process")
     programs = ServerPrograms(settings)
     programs.subscribe(_apply_programs(service))
     worker = SyncWorker(
@@ -92,15 +146,6 @@ def start_embedded_sync(service: Service) -> EmbeddedSync:
     try:
         worker.start_thread()
     except AlreadyRunning:
-        # The other process stores the server's program configuration; follow its file.
-        follower = Follower(
-            settings,
-            _apply_programs(service),
-            merchant_id=credentials.merchant_id,
-            interval=min(float(settings.sync.interval_seconds), 30.0),
-        )
-        follower.start()
-        note = "a separate `pos-loyalty sync` process syncs this ledger"
-        return EmbeddedSync(_offline_status(note), follower.stop, note)
+        return follow("a separate `pos-loyalty sync` process syncs this ledger")
     service.online = worker.online
     return EmbeddedSync(worker.status, worker.stop, f"syncing with {credentials.server_url}")

@@ -44,6 +44,7 @@ from pos_loyalty.domain.state import CustomerState
 from pos_loyalty.ledger import projections
 from pos_loyalty.ledger.codec import canonical
 from pos_loyalty.ledger.store import CardRow, Ledger, Tx
+from pos_loyalty.sync_status import read_status
 
 EXPIRING_SOON_DAYS = 30
 
@@ -132,8 +133,10 @@ class Service:
         clock: Callable[[], datetime] | None = None,
         online: Callable[[], bool] | None = None,
     ) -> None:
-        """``online`` says whether the central server currently confirms redemptions
-        (the sync service provides it); until then a till with sync enabled is offline."""
+        """``online`` says whether the central server currently confirms redemptions (the
+        embedded sync worker provides it). Without it, a till that syncs is online while the
+        ledger shows a recent successful pull: a separate ``pos-loyalty sync`` process
+        records each one (``sync_state.last_pull_at``)."""
         self.settings = settings
         self._programs = settings.programs
         self.programs_version = 0  # 0: the till's own file; N: the central server's version N
@@ -141,7 +144,8 @@ class Service:
         self._pin = threading.local()  # the program set of the command running in a thread
         self.ledger = ledger
         self._clock = clock or (lambda: datetime.now(UTC))
-        self.online = online or (lambda: False)
+        self.online = online or self.recently_synced
+        self._paired = False  # found paired once: stays so (pairing is never undone)
         self._signer: coupons.Signer | None = None
         self._verifiers: tuple[coupons.Verifier, ...] | None = None
 
@@ -712,10 +716,8 @@ class Service:
         stand-alone till's ledger is the one truth, so nothing can be overspent. Days are
         UTC days of the sale's ``at``.
         """
-        if not self.settings.sync.enabled or self.online():
-            return
         wanted = sum(-p.delta for p in result.postings if p.unit is Unit.POINTS and p.delta < 0)
-        if wanted == 0:
+        if wanted == 0 or not self.syncs(tx) or self.online():
             return
         start = at.replace(hour=0, minute=0, second=0, microsecond=0)
         lo, hi = start.isoformat(), (start + timedelta(days=1)).isoformat()
@@ -729,6 +731,37 @@ class Service:
                 f"The till is offline: at most {allowed} more points can be redeemed "
                 "today on this card at this till.",
             )
+
+    def syncs(self, tx: Tx | None = None) -> bool:
+        """Whether this till shares its customers with other tills: sync is enabled in its
+        configuration, or it is paired with a server (a separate ``pos-loyalty sync``
+        process may sync it while ``[sync] enabled`` is false for this process)."""
+        if self.settings.sync.enabled or self._paired:
+            return True
+        if tx is None:
+            with self.ledger.reader() as reading:
+                return self.syncs(reading)
+        self._paired = tx.paired()
+        return self._paired
+
+    def recently_synced(self) -> bool:
+        """Whether the sync worker of another process (``pos-loyalty sync``) last reached
+        the server, recently enough to call the till online (the worker's own rule: its
+        last round succeeded, within two intervals and 30 s). Without its status file, a
+        recent successful pull recorded in the ledger counts."""
+        status = read_status(self.settings.data_dir)
+        if status is not None:
+            last = status.last_success if status.online else None
+        else:
+            try:
+                with self.ledger.reader() as tx:
+                    last = tx.last_pull_at()
+            except Exception:  # noqa: BLE001 - unknown means offline: the limits apply
+                return False
+        if last is None:
+            return False
+        age = (self.now() - utc(last)).total_seconds()
+        return -60 <= age <= 2 * self.settings.sync.interval_seconds + 30
 
     def _replay(self, done: Any, digest: str) -> dict[str, Any]:
         if done.request_hash != digest:

@@ -26,6 +26,7 @@ import httpx
 
 from pos_loyalty.ledger.replication import Credentials, Replica
 from pos_loyalty.ledger.store import Ledger, LedgerError
+from pos_loyalty.sync_status import RoundStatus, write_status
 
 from .client import ProgramSink, RoundResult, SyncClient, SyncFailed
 
@@ -94,6 +95,7 @@ class SyncWorker:
         self.credentials = credentials
         self.interval = interval
         self.lock = LedgerLock(data_dir)
+        self.data_dir = data_dir
         self.client = SyncClient(
             self.replica, credentials, http=http, programs=programs, region_only=region_only
         )
@@ -145,11 +147,23 @@ class SyncWorker:
         except SyncFailed as exc:
             self._online = False
             self._last_error = str(exc)
+            self._record()
             raise
         self._online = True
         self._last_success = datetime.now(UTC)
         self._last_error = None
+        self._record()
         return result
+
+    def _record(self) -> None:
+        """Tell an agent or terminal next to this process how the round went."""
+        try:
+            write_status(
+                self.data_dir,
+                RoundStatus(self._online, datetime.now(UTC), self._last_success, self._last_error),
+            )
+        except OSError as exc:  # the round itself is recorded in the ledger: carry on
+            log.warning("could not write the sync status file: %s", exc)
 
     def run(self, *, once: bool = False, resend_from: int | None = None) -> int:
         """Hold the lock and sync until stopped (or one round with ``once``). With

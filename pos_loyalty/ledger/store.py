@@ -611,6 +611,15 @@ class Tx:
         query = query.order_by(schema.events.c.pos.desc()).limit(limit)
         return [(row.pos, event_from_row(row, self.dicts)) for row in self.conn.execute(query)]
 
+    def paired(self) -> bool:
+        """Whether the till holds credentials for a sync server (``pos-loyalty pair``)."""
+        return self.raw.execute("SELECT 1 FROM sync_credentials LIMIT 1").fetchone() is not None
+
+    def last_pull_at(self) -> datetime | None:
+        """When the till last applied a page pulled from the server (any sync process)."""
+        row = self.raw.execute("SELECT last_pull_at FROM sync_state LIMIT 1").fetchone()
+        return datetime.fromisoformat(row[0]) if row is not None and row[0] else None
+
     def events_of(self, customer_id: str, kind: Kind) -> list[Event]:
         """A customer's events of one kind, in local order."""
         query = (
