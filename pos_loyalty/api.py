@@ -73,12 +73,16 @@ class WalletIn(_In):
 
 class CouponIn(_In):
     program: Name
+    # The POS's idempotency key: a retry with it answers the first result, writes nothing.
+    request_id: Id | None = None
     customer_id: Annotated[StrictStr, Field(min_length=1, max_length=36)] | None = None
     at: At | None = None
 
 
 class PayoutIn(_In):
     program: Name
+    # The POS's idempotency key: a retry with it answers the first result, writes nothing.
+    request_id: Id | None = None
     amount: Annotated[StrictInt, Field(ge=1, le=100_000_000)]
     at: At | None = None
 
@@ -120,6 +124,8 @@ class RefundIn(_In):
 
 class AdjustIn(_In):
     program: Name
+    # The POS's idempotency key: a retry with it answers the first result, writes nothing.
+    request_id: Id | None = None
     delta: Annotated[StrictInt, Field(ge=-1_000_000_000, le=1_000_000_000)]
     reason: Annotated[StrictStr, Field(min_length=1, max_length=500)]
     at: At | None = None
@@ -277,11 +283,15 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
 
     @app.post("/v1/coupons", status_code=201)
     def issue_coupon(body: CouponIn) -> dict[str, Any]:
-        return service.issue_coupon(body.program, body.customer_id, parse_at(body.at))
+        return service.issue_coupon(
+            body.program, body.customer_id, parse_at(body.at), request_id=body.request_id
+        )
 
     @app.post("/v1/customers/{customer_id}/wallet/payout")
     def payout(customer_id: str, body: PayoutIn) -> dict[str, Any]:
-        return service.wallet_payout(customer_id, body.program, body.amount, parse_at(body.at))
+        return service.wallet_payout(
+            customer_id, body.program, body.amount, parse_at(body.at), request_id=body.request_id
+        )
 
     @app.get("/v1/customers/{customer_id}")
     def customer(
@@ -297,7 +307,14 @@ def create_app(service: Service, *, status: Any = None, bus: Any = None) -> Fast
 
     @app.post("/v1/customers/{customer_id}/adjustments", status_code=201)
     def adjust(customer_id: str, body: AdjustIn) -> dict[str, Any]:
-        return service.adjust(customer_id, body.program, body.delta, body.reason, parse_at(body.at))
+        return service.adjust(
+            customer_id,
+            body.program,
+            body.delta,
+            body.reason,
+            parse_at(body.at),
+            request_id=body.request_id,
+        )
 
     # Before ``/v1/cards/{code}``: declared after it, ``/v1/cards/lookup`` would match that
     # route first for any other method (405 with ``Allow: GET``, not ``POST``).

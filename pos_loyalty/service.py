@@ -104,6 +104,34 @@ def request_hash(raw: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(dict(raw))).hexdigest()[:32]  # 128 bits: an equality check
 
 
+class _Retry:
+    """A write a POS may send again with the same ``request_id`` (its idempotency key, like
+    a sale's receipt id): the first answer is kept in ``receipts`` and a retry gets it back
+    with nothing written; the same id with other parameters is 409 ``receipt_conflict``.
+    Without a request id every call writes, as before."""
+
+    def __init__(self, service: Service, kind: Kind, request_id: str | None, **params: Any) -> None:
+        self.service = service
+        self.key = projections.request_key(kind, request_id) if request_id else None
+        self.digest = request_hash(
+            {k: v.isoformat() if isinstance(v, datetime) else v for k, v in params.items()}
+        )
+        self.data: dict[str, Any] = (
+            {"request_id": request_id, "request_hash": self.digest} if request_id else {}
+        )
+
+    def answered(self, tx: Tx | None = None) -> dict[str, Any] | None:
+        """The first answer, when this is a retry (checked again inside the transaction)."""
+        if self.key is None:
+            return None
+        done = (tx or self.service.ledger).receipt(self.key)
+        return None if done is None else self.service._replay(done, self.digest)
+
+    def keep(self, tx: Tx, response: dict[str, Any]) -> None:
+        if self.key is not None:
+            tx.set_response(self.key, response)
+
+
 def utc(at: datetime) -> datetime:
     return at.astimezone(UTC)
 
@@ -650,26 +678,64 @@ class Service:
         }
 
     def issue_coupon(
-        self, program_id: str, customer_id: str | None = None, at: datetime | None = None
+        self,
+        program_id: str,
+        customer_id: str | None = None,
+        at: datetime | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
-        """A single-use coupon issued by the till (to a customer, or to the bearer)."""
+        """A single-use coupon issued by the till (to a customer, or to the bearer).
+        ``request_id``: the POS's idempotency key (a retry answers the first coupon)."""
+        retry = _Retry(
+            self, Kind.COUPON_ISSUED, request_id, program=program_id, customer_id=customer_id, at=at
+        )
+        if (done := retry.answered()) is not None:
+            return done
         when = self.resolve_at(at)
         program = self.programs.get(program_id)
         if not isinstance(program, CouponProgram):
             raise DomainError("unknown_program", f"There is no coupon program {program_id!r}.")
         with self.ledger.transaction() as tx:
+            if (done := retry.answered(tx)) is not None:
+                return done
             if customer_id is not None and tx.customer(customer_id) is None:
                 raise NotFound("unknown_customer", f"No customer has the id {customer_id}.")
             entry = self._sign_coupon(program, customer_id, when)
             tx.append(
-                [self._event(Kind.COUPON_ISSUED, when, customer_id, data={"coupons": [entry]})]
+                [
+                    self._event(
+                        Kind.COUPON_ISSUED,
+                        when,
+                        customer_id,
+                        data={"coupons": [entry], **retry.data},
+                    )
+                ]
             )
-        return {"customer_id": customer_id, "label": program.label, **entry}
+            response = {"customer_id": customer_id, "label": program.label, **entry}
+            retry.keep(tx, response)
+        return response
 
     def wallet_payout(
-        self, customer_id: str, program_id: str, amount: int, at: datetime | None = None
+        self,
+        customer_id: str,
+        program_id: str,
+        amount: int,
+        at: datetime | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
-        """Pay wallet money out in cash: only for a cashback program with ``payout``."""
+        """Pay wallet money out in cash: only for a cashback program with ``payout``.
+        ``request_id``: the POS's idempotency key (a retry answers the first payout)."""
+        retry = _Retry(
+            self,
+            Kind.WALLET_PAID_OUT,
+            request_id,
+            customer_id=customer_id,
+            program=program_id,
+            amount=amount,
+            at=at,
+        )
+        if (done := retry.answered()) is not None:
+            return done
         when = self.resolve_at(at)
         program = self.programs.get(program_id)
         if not isinstance(program, CashbackProgram):
@@ -681,6 +747,8 @@ class Service:
         if amount <= 0:
             raise DomainError("invalid_amount", "A payout must be a positive amount.")
         with self.ledger.transaction() as tx:
+            if (done := retry.answered(tx)) is not None:
+                return done
             if tx.customer(customer_id) is None:
                 raise NotFound("unknown_customer", f"No customer has the id {customer_id}.")
             held = tx.state(customer_id).wallet(program.id)
@@ -696,16 +764,18 @@ class Service:
                         when,
                         customer_id,
                         postings=(Posting(program.id, Unit.MONEY, -amount),),
-                        data={"amount": amount, "reason": "payout"},
+                        data={"amount": amount, "reason": "payout", **retry.data},
                     )
                 ]
             )
             state = tx.state(customer_id)
-        return {
-            "customer_id": customer_id,
-            "paid_out": amount,
-            "balances": self._balances(state, when),
-        }
+            response = {
+                "customer_id": customer_id,
+                "paid_out": amount,
+                "balances": self._balances(state, when),
+            }
+            retry.keep(tx, response)
+        return response
 
     def _check_offline_limits(
         self, tx: Tx, customer_id: str, result: engine.Quote, at: datetime
@@ -1032,8 +1102,28 @@ class Service:
 
     # -- adjustments ----------------------------------------------------------------------
     def adjust(
-        self, customer_id: str, program_id: str, delta: int, reason: str, at: datetime | None = None
+        self,
+        customer_id: str,
+        program_id: str,
+        delta: int,
+        reason: str,
+        at: datetime | None = None,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
+        """A manual change of a balance, with its reason. ``request_id``: the POS's
+        idempotency key (a retry answers the first adjustment)."""
+        retry = _Retry(
+            self,
+            Kind.ACCOUNT_ADJUSTED,
+            request_id,
+            customer_id=customer_id,
+            program=program_id,
+            delta=delta,
+            reason=reason,
+            at=at,
+        )
+        if (done := retry.answered()) is not None:
+            return done
         when = self.resolve_at(at)
         program = self.programs.get(program_id)
         if isinstance(program, PointsProgram):
@@ -1056,6 +1146,8 @@ class Service:
         if isinstance(program, PointsProgram) and delta > 0 and program.expiry_days:
             expires = when + timedelta(days=program.expiry_days)
         with self.ledger.transaction() as tx:
+            if (done := retry.answered(tx)) is not None:
+                return done
             if tx.customer(customer_id) is None:
                 raise NotFound("unknown_customer", f"No customer has the id {customer_id}.")
             state = tx.state(customer_id)
@@ -1070,12 +1162,14 @@ class Service:
                         if unit is Unit.POINTS and delta > 0
                         else Posting(program_id, unit, delta),
                     ),
-                    data={"reason": reason},
+                    data={"reason": reason, **retry.data},
                 )
             )
             tx.append(events)
             state = tx.state(customer_id)
-        return {"customer_id": customer_id, "balances": self._balances(state, when)}
+            response = {"customer_id": customer_id, "balances": self._balances(state, when)}
+            retry.keep(tx, response)
+        return response
 
     # -- health ---------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:

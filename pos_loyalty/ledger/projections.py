@@ -239,6 +239,11 @@ def apply_side_tables(conn: Connection, event: Event, response: bytes | None = N
                     redeemed,
                 ),
             )
+    elif event.kind in REQUEST_KEYS and data.get("request_id"):
+        raw.execute(
+            _INSERT_RECEIPT,
+            (request_key(event.kind, data["request_id"]), id_key(event.id), "{}", response or b""),
+        )
     elif event.kind is Kind.REFUND_COMMITTED:
         sale_key = f"sale:{data['receipt_id']}"
         (stored,) = raw.execute(_RECEIPT_REFUNDED, (sale_key,)).fetchall()
@@ -250,6 +255,19 @@ def apply_side_tables(conn: Connection, event: Event, response: bytes | None = N
             _INSERT_RECEIPT,
             (f"refund:{data['refund_id']}", id_key(event.id), "{}", response or b""),
         )
+
+
+# Writes a POS may retry with a ``request_id`` (its idempotency key, like a sale's receipt
+# id): the receipt key each kind's id is kept under.
+REQUEST_KEYS = {
+    Kind.WALLET_PAID_OUT: "payout",
+    Kind.ACCOUNT_ADJUSTED: "adjustment",
+    Kind.COUPON_ISSUED: "coupon-issue",
+}
+
+
+def request_key(kind: Kind, request_id: str) -> str:
+    return f"{REQUEST_KEYS[kind]}:{request_id}"
 
 
 def _apply_catalog(conn: Connection, event: Event) -> None:
@@ -306,6 +324,9 @@ def side_table_problem(conn: Connection, event: Event) -> tuple[str, str] | None
             return ("refund_of_unknown_sale", "the refunded sale is not held here")
         if receipt(f"refund:{data.get('refund_id')}") is not None:
             return ("refund_key_taken", f"refund id {data.get('refund_id')!r} already used here")
+    elif event.kind in REQUEST_KEYS and data.get("request_id"):
+        if receipt(request_key(event.kind, str(data["request_id"]))) is not None:
+            return ("request_key_taken", f"request id {data['request_id']!r} already used here")
     elif event.kind is Kind.CARD_ISSUED:
         if raw.execute(_CARD_EXISTS, (data.get("code"),)).fetchone() is not None:
             return ("card_code_taken", f"card {data.get('code')} already belongs to a customer")
