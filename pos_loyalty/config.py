@@ -94,10 +94,13 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class OfflineLimits:
-    """Most points that may be redeemed per day at this till while offline (0 = none)."""
+    """Most points that may be redeemed, and most wallet money (minor units) that may be
+    paid from cashback wallets or paid out, per day at this till while offline (0 = none)."""
 
     points_per_card_per_day: int
     points_per_terminal_per_day: int
+    wallet_per_card_per_day: int = 5000
+    wallet_per_terminal_per_day: int = 50000
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,8 @@ class _Api(_Section):
 class _Offline(_Section):
     points_per_card_per_day: NonNegInt = 5000
     points_per_terminal_per_day: NonNegInt = 50000
+    wallet_per_card_per_day: NonNegInt = 5000
+    wallet_per_terminal_per_day: NonNegInt = 50000
 
 
 class _Sync(_Section):
@@ -801,6 +806,8 @@ def load_settings(path: Path | None = None, *, data_dir: Path | None = None) -> 
         offline=OfflineLimits(
             points_per_card_per_day=model.offline.points_per_card_per_day,
             points_per_terminal_per_day=model.offline.points_per_terminal_per_day,
+            wallet_per_card_per_day=model.offline.wallet_per_card_per_day,
+            wallet_per_terminal_per_day=model.offline.wallet_per_terminal_per_day,
         ),
         readers=tuple(readers),
         sync=SyncConfig(

@@ -757,6 +757,7 @@ class Service:
                     "insufficient_funds",
                     f"The {program.label.lower()} holds {format_minor(max(held, 0))}.",
                 )
+            self._check_offline_spend(tx, customer_id, 0, amount, when)
             tx.append(
                 [
                     self._event(
@@ -786,21 +787,50 @@ class Service:
         stand-alone till's ledger is the one truth, so nothing can be overspent. Days are
         UTC days of the sale's ``at``.
         """
-        wanted = sum(-p.delta for p in result.postings if p.unit is Unit.POINTS and p.delta < 0)
-        if wanted == 0 or not self.syncs(tx) or self.online():
+        points = sum(-p.delta for p in result.postings if p.unit is Unit.POINTS and p.delta < 0)
+        wallet = sum(-p.delta for p in result.postings if p.unit is Unit.MONEY and p.delta < 0)
+        self._check_offline_spend(tx, customer_id, points, wallet, at)
+
+    def _check_offline_spend(
+        self, tx: Tx, customer_id: str, points: int, wallet: int, at: datetime
+    ) -> None:
+        """``points`` redeemed and ``wallet`` money paid out of a wallet (sale or payout)
+        within what is left of today's offline limits, per card and per till."""
+        if (points == 0 and wallet == 0) or not self.syncs(tx) or self.online():
             return
         start = at.replace(hour=0, minute=0, second=0, microsecond=0)
         lo, hi = start.isoformat(), (start + timedelta(days=1)).isoformat()
         limits = self.settings.offline
-        card_left = limits.points_per_card_per_day - tx.redeemed_between(lo, hi, customer_id)
-        till_left = limits.points_per_terminal_per_day - tx.redeemed_between(lo, hi)
-        allowed = max(0, min(card_left, till_left))
-        if wanted > allowed:
-            raise DomainError(
-                "offline_limit_exceeded",
-                f"The till is offline: at most {allowed} more points can be redeemed "
-                "today on this card at this till.",
+        card_points, card_wallet = tx.spent_between(lo, hi, customer_id)
+        till_points, till_wallet = tx.spent_between(lo, hi)
+        if points:
+            allowed = max(
+                0,
+                min(
+                    limits.points_per_card_per_day - card_points,
+                    limits.points_per_terminal_per_day - till_points,
+                ),
             )
+            if points > allowed:
+                raise DomainError(
+                    "offline_limit_exceeded",
+                    f"The till is offline: at most {allowed} more points can be redeemed "
+                    "today on this card at this till.",
+                )
+        if wallet:
+            allowed = max(
+                0,
+                min(
+                    limits.wallet_per_card_per_day - card_wallet,
+                    limits.wallet_per_terminal_per_day - till_wallet,
+                ),
+            )
+            if wallet > allowed:
+                raise DomainError(
+                    "offline_limit_exceeded",
+                    f"The till is offline: at most {format_minor(allowed)} more can be paid "
+                    "from the wallet today on this card at this till.",
+                )
 
     def syncs(self, tx: Tx | None = None) -> bool:
         """Whether this till shares its customers with other tills: sync is enabled in its

@@ -62,8 +62,8 @@ _OPEN_COUPONS = (
 
 _INSERT_RECEIPT = "INSERT INTO receipts (key, event_id, refunded, response) VALUES (?, ?, ?, ?)"
 _INSERT_REDEMPTION = (
-    "INSERT INTO redemptions (event_id, terminal_id, at, customer_id, points) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO redemptions (event_id, terminal_id, at, customer_id, points, wallet) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 _ADD_USAGE = "UPDATE usage SET count = count + ? WHERE key = ?"
 _INSERT_USAGE = "INSERT INTO usage (key, count) VALUES (?, ?)"
@@ -227,23 +227,13 @@ def apply_side_tables(conn: Connection, event: Event, response: bytes | None = N
                 response or b"",
             ),
         )
-        redeemed = -sum(p.delta for p in event.postings if p.unit is Unit.POINTS and p.delta < 0)
-        if redeemed:
-            raw.execute(
-                _INSERT_REDEMPTION,
-                (
-                    id_key(event.id),
-                    event.terminal_id,
-                    event.at.isoformat(),
-                    event.customer_id,
-                    redeemed,
-                ),
-            )
-    elif event.kind in REQUEST_KEYS and data.get("request_id"):
-        raw.execute(
-            _INSERT_RECEIPT,
-            (request_key(event.kind, data["request_id"]), id_key(event.id), "{}", response or b""),
-        )
+        _record_redemption(raw, event)
+    elif event.kind in REQUEST_KEYS:
+        if data.get("request_id"):
+            key = request_key(event.kind, data["request_id"])
+            raw.execute(_INSERT_RECEIPT, (key, id_key(event.id), "{}", response or b""))
+        if event.kind is Kind.WALLET_PAID_OUT:
+            _record_redemption(raw, event)
     elif event.kind is Kind.REFUND_COMMITTED:
         sale_key = f"sale:{data['receipt_id']}"
         (stored,) = raw.execute(_RECEIPT_REFUNDED, (sale_key,)).fetchall()
@@ -254,6 +244,29 @@ def apply_side_tables(conn: Connection, event: Event, response: bytes | None = N
         raw.execute(
             _INSERT_RECEIPT,
             (f"refund:{data['refund_id']}", id_key(event.id), "{}", response or b""),
+        )
+
+
+def _record_redemption(raw: sqlite3.Connection, event: Event) -> None:
+    """The ``redemptions`` row of a sale or payout: points redeemed, wallet money out."""
+    points = wallet = 0
+    for p in event.postings:
+        if p.delta < 0:
+            if p.unit is Unit.POINTS:
+                points -= p.delta
+            elif p.unit is Unit.MONEY:
+                wallet -= p.delta
+    if points or wallet:
+        raw.execute(
+            _INSERT_REDEMPTION,
+            (
+                id_key(event.id),
+                event.terminal_id,
+                event.at.isoformat(),
+                event.customer_id,
+                points,
+                wallet,
+            ),
         )
 
 

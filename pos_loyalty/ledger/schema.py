@@ -178,8 +178,9 @@ receipts = Table(
     sqlite_with_rowid=False,
 )
 
-# Points redeemed by sales (a projection; 0005_compact): what the offline limits count,
-# instead of an index over every event. One row per sale that redeemed points.
+# Points redeemed and wallet money spent by sales, and wallet payouts (a projection;
+# 0005_compact, 0008_wallet_limits): what the offline limits count, instead of an index over
+# every event. One row per such event.
 redemptions = Table(
     "redemptions",
     metadata,
@@ -188,6 +189,9 @@ redemptions = Table(
     Column("at", String(40), nullable=False),  # events.at
     Column("customer_id", String(36)),
     Column("points", Integer, nullable=False),
+    # Wallet money (minor units) the sale paid from a cashback wallet, or a payout paid out
+    # (0008_wallet_limits): those have a row even with no points redeemed.
+    Column("wallet", Integer, nullable=False, server_default="0"),
     sqlite_with_rowid=False,
 )
 Index("ix_redemptions_terminal_at", redemptions.c.terminal_id, redemptions.c.at)

@@ -186,7 +186,9 @@ _INSERT_EVENT = (
     "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SET_RESPONSE = "UPDATE receipts SET response = ? WHERE key = ?"
-_REDEEMED = "SELECT sum(points) FROM redemptions WHERE terminal_id = ? AND at >= ? AND at < ?"
+_REDEEMED = (
+    "SELECT sum(points), sum(wallet) FROM redemptions WHERE terminal_id = ? AND at >= ? AND at < ?"
+)
 _REDEEMED_BY = _REDEEMED + " AND customer_id = ?"
 _DICTIONARIES = "SELECT id, purpose, zdict FROM codec_dicts"
 _DICTIONARY = "SELECT purpose, zdict FROM codec_dicts WHERE id = ?"
@@ -633,12 +635,19 @@ class Tx:
     def redeemed_between(self, start: str, end: str, customer_id: str | None = None) -> int:
         """Points this till's sales redeemed with ``start <= at < end`` (ISO UTC strings),
         from the ``redemptions`` projection (one row per sale that redeemed points)."""
+        return self.spent_between(start, end, customer_id)[0]
+
+    def spent_between(
+        self, start: str, end: str, customer_id: str | None = None
+    ) -> tuple[int, int]:
+        """(points redeemed, wallet money paid or paid out) by this till's events with
+        ``start <= at < end`` (ISO UTC strings), from the ``redemptions`` projection."""
         if customer_id is None:
             row = self.raw.execute(_REDEEMED, (self.terminal_id, start, end)).fetchone()
         else:
             args = (self.terminal_id, start, end, customer_id)
             row = self.raw.execute(_REDEEMED_BY, args).fetchone()
-        return int(row[0] or 0)
+        return int(row[0] or 0), int(row[1] or 0)
 
     def head(self, terminal_id: str | None = None) -> tuple[int, bytes]:
         row = self.raw.execute(_HEAD, (terminal_id or self.terminal_id,)).fetchone()

@@ -183,7 +183,11 @@ def test_a_0005_ledger_is_converted_and_answers_as_before(old_ledger: Path) -> N
     )
     assert sorted(rows(old_ledger, "SELECT key, event_id, refunded FROM receipts")) == receipts
     for table, before in other.items():
-        assert sorted(rows(old_ledger, f"SELECT * FROM {table}")) == before, table
+        now = f"SELECT * FROM {table}"
+        if table == "redemptions":  # 0008 adds wallet money (and rows with no points)
+            now = "SELECT event_id, terminal_id, at, customer_id, points FROM redemptions"
+            now += " WHERE points > 0"
+        assert sorted(rows(old_ledger, now)) == before, table
     conn = sqlite3.connect(old_ledger)
     conn.execute("VACUUM")
     conn.close()

@@ -319,3 +319,121 @@ def test_a_member_price_does_not_undercut_a_bundle(shop: MakeShop, member_first:
     assert anonymous["total"] == 450
     # A muffin alone still gets the member price.
     assert s.ok(s.quote(card, [ln("muffin", 290, "bakery")]))["total"] == 250
+
+
+WALLET = """
+[[programs]]
+id = "cashback"
+kind = "cashback"
+label = "Cashback wallet"
+percent_bp = 1000
+payout = true
+"""
+
+
+def test_offline_wallet_money_is_bounded_like_points(
+    shop: MakeShop, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Offline, 5.00 of wallet money a card a day, paid at the till or paid out: a wallet
+    used to be spent in full at every offline till (DESIGN invariant 8)."""
+    base = offline(5000).replace(
+        "points_per_terminal_per_day = 50000\n",
+        "points_per_terminal_per_day = 50000\nwallet_per_card_per_day = 500\n",
+    )
+    s = shop(WALLET, base)
+    e = s.enrol()
+    card, cid = e["card"]["code"], e["customer_id"]
+    s.ok(s.sale(card, [ln("tv", 10000)], at(1)))  # 10.00 in the wallet
+    pay = {"card": card, "at": at(2), "lines": [ln("cake", 1000)]}
+    s.ok(s.c.post("/v1/baskets/commit", json={**pay, "receipt_id": "W1", "wallet": [
+        {"program": "cashback", "amount": 300}]}))  # fmt: skip
+    over = {**pay, "receipt_id": "W2", "wallet": [{"program": "cashback", "amount": 201}]}
+    s.refused(s.c.post("/v1/baskets/quote", json=over), "offline_limit_exceeded")
+    err = s.refused(s.c.post("/v1/baskets/commit", json=over), "offline_limit_exceeded")
+    assert "2.00" in err["message"]
+    payout = f"/v1/customers/{cid}/wallet/payout"
+    assert (
+        s.c.post(payout, json={"program": "cashback", "amount": 200, "at": at(2)}).status_code
+        == 200
+    )
+    s.refused(
+        s.c.post(payout, json={"program": "cashback", "amount": 1, "at": at(2, 60)}),
+        "offline_limit_exceeded",
+    )
+    # The next day has its own allowance.
+    assert (
+        s.c.post(payout, json={"program": "cashback", "amount": 400, "at": at(3)}).status_code
+        == 200
+    )
+    verified(tmp_path, capsys)
+
+
+def test_a_stand_alone_till_spends_wallet_money_without_limit(shop: MakeShop) -> None:
+    s = shop(WALLET, BASE.replace("[shop]", "[offline]\nwallet_per_card_per_day = 0\n[shop]"))
+    e = s.enrol()
+    s.ok(s.sale(e["card"]["code"], [ln("tv", 10000)], at(1)))
+    r = s.c.post(
+        f"/v1/customers/{e['customer_id']}/wallet/payout",
+        json={"program": "cashback", "amount": 1000, "at": at(2)},
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_revision_0008_adds_the_wallet_rows_of_a_ledger_written_before_it(
+    shop: MakeShop, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Downgraded to 0007 (no wallet column, no rows without points) and upgraded again:
+    the rows come back exactly as the projection writes them, and the ledger verifies."""
+    import sqlite3
+
+    from alembic import command
+    from alembic.config import Config
+
+    from pos_loyalty.ledger.store import MIGRATIONS, make_engine
+
+    s = shop(WALLET)
+    e = s.enrol()
+    card, cid = e["card"]["code"], e["customer_id"]
+    s.ok(s.sale(card, [ln("tv", 10000)], at(1)))
+    s.ok(s.sale(card, [ln("cake", 1000)], at(2), wallet=[{"program": "cashback", "amount": 300}]))
+    s.ok(
+        s.sale(
+            card,
+            [ln("cake", 1000)],
+            at(2, 60),
+            wallet=[{"program": "cashback", "amount": 100}],
+            redeem=[{"program": "points", "points": 50}],
+        )
+    )
+    s.ok(s.sale(card, [ln("pie", 1000)], at(3), redeem=[{"program": "points", "points": 20}]))
+    payout = s.c.post(
+        f"/v1/customers/{cid}/wallet/payout",
+        json={"program": "cashback", "amount": 200, "at": at(4)},
+    )
+    assert payout.status_code == 200, payout.text
+    path = tmp_path / "data0" / "ledger.sqlite"
+
+    def redemptions() -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(path)
+        try:
+            return sorted(conn.execute("SELECT * FROM redemptions"))
+        finally:
+            conn.close()
+
+    written = redemptions()
+    assert sorted((r[4], r[5]) for r in written) == [(0, 200), (0, 300), (20, 0), (50, 100)]
+    engine = make_engine(path)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0007_stub_slots")
+        assert sorted(r[4] for r in redemptions()) == [20, 50]
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+    assert redemptions() == written
+    verified(tmp_path, capsys)
