@@ -21,10 +21,19 @@ from typing import Any
 import serial
 import serial.tools.list_ports
 
-from drivers.framing import Framer, FramingConfig
+from drivers.framing import FRAMINGS, Framer, FramingConfig
 from drivers.lifecycle import Sink, ThreadedReader
 from drivers.model import ReaderState
-from drivers.options import opt_bytes, opt_float, opt_int, opt_str, scan_options
+from drivers.options import (
+    OptionError,
+    opt_bool,
+    opt_bytes,
+    opt_choice,
+    opt_float,
+    opt_int,
+    opt_str,
+    scan_options,
+)
 from drivers.parse import ScanOptions
 
 __all__ = ["SerialReader", "find_port"]
@@ -95,19 +104,27 @@ class SerialReader(ThreadedReader):
         if url is None and (self.vid is None or self.pid is None):
             raise ValueError(f"reader {name}: give a url, or vid and pid of a USB-serial device")
         self.framing = FramingConfig(
-            framing=opt_str(opts, "framing", "cr") or "cr",
+            framing=opt_choice(opts, "framing", FRAMINGS, "cr"),
             prefix=opt_bytes(opts, "prefix"),
             inter_byte_timeout=opt_float(opts, "inter_byte_timeout", 0.05),
             stale_timeout=opt_float(opts, "stale_timeout", 1.0),
         )
         stopbits = opt_float(opts, "stopbits", 1)
+        if stopbits not in (1, 1.5, 2):
+            raise OptionError("stopbits", "option stopbits must be 1, 1.5 or 2")
+        baudrate = opt_int(opts, "baudrate", 9600)
+        if baudrate is None or baudrate < 1:
+            raise OptionError("baudrate", "option baudrate must be a positive whole number")
+        bytesize = opt_int(opts, "bytesize", 8)
+        if bytesize not in (5, 6, 7, 8):
+            raise OptionError("bytesize", "option bytesize must be 5, 6, 7 or 8")
         self.port_settings: dict[str, object] = {
-            "baudrate": opt_int(opts, "baudrate", 9600),
-            "bytesize": opt_int(opts, "bytesize", 8),
-            "parity": opt_str(opts, "parity", "N"),
+            "baudrate": baudrate,
+            "bytesize": bytesize,
+            "parity": opt_choice(opts, "parity", ("N", "E", "O", "M", "S"), "N"),
             "stopbits": int(stopbits) if stopbits in (1, 2) else stopbits,
-            "rtscts": bool(opts.get("rtscts", False)),
-            "xonxoff": bool(opts.get("xonxoff", False)),
+            "rtscts": opt_bool(opts, "rtscts", False),
+            "xonxoff": opt_bool(opts, "xonxoff", False),
         }
         self.reconnect_initial = opt_float(opts, "reconnect_initial", 0.1)
         self.reconnect_max = opt_float(opts, "reconnect_max", 5.0)

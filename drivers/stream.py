@@ -34,6 +34,7 @@ from typing import Any
 
 from drivers.lifecycle import Reader
 from drivers.model import CardRead, ReaderState, ReaderStatus
+from drivers.options import check_option_names
 from drivers.parse import ParseError
 
 __all__ = [
@@ -168,13 +169,18 @@ def reader_from_config(
     *,
     own_prefixes: Sequence[str] = (),
 ) -> Reader | None:
-    """One reader (not yet opened), or None for kind ``keyboard``. Bad config: ValueError."""
+    """One reader (not yet opened), or None for kind ``keyboard``.
+
+    Bad config: ValueError; :class:`drivers.options.OptionError` (a ValueError) when one
+    setting is at fault, naming it -- an unknown setting (a typo) included.
+    """
     if kind not in KINDS:
         raise ValueError(f"reader {name}: unknown kind {kind!r}; use one of {sorted(KINDS)}")
+    opts = dict(options or {})
+    check_option_names(kind, opts)
     factory = KINDS[kind]
     if factory is None:
         return None
-    opts = dict(options or {})
     if own_prefixes and "own_prefixes" not in opts:
         opts["own_prefixes"] = list(own_prefixes)
     return factory(name, url, opts)

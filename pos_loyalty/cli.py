@@ -169,10 +169,18 @@ def extensions() -> list[Any]:
     return found
 
 
+# The commands that open the card readers: their settings are checked before they start.
+READER_COMMANDS = frozenset({"terminal", "devices", "init"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config, data_dir=args.data_dir)
+        if args.command in READER_COMMANDS:
+            from pos_loyalty.reader_settings import check_readers
+
+            check_readers(settings)
         return run(args, settings)
     except ConfigError as exc:
         print(f"pos-loyalty: configuration error: {exc}", file=sys.stderr)

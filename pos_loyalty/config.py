@@ -213,6 +213,53 @@ Currency = Annotated[
     str, _matching(r"[A-Z]{3}", "3 capital letters (an ISO 4217 code such as 'EUR')")
 ]
 CardPrefix = Annotated[str, _matching(r"[A-Z]{1,4}", "1 to 4 capital letters")]
+
+# ISO 4217 currencies whose minor unit is not 2 decimals (the list of 2024). Amounts are
+# entered and shown with 2 decimals at the till (3.20 is 320 minor units), so a shop in one of
+# these is refused rather than charged 100 times too much or too little.
+MINOR_UNITS_NOT_2: Mapping[str, int] = MappingProxyType(
+    dict.fromkeys(
+        [
+            "BIF",
+            "CLP",
+            "DJF",
+            "GNF",
+            "ISK",
+            "JPY",
+            "KMF",
+            "KRW",
+            "PYG",
+            "RWF",
+            "UGX",
+            "UYI",
+            "VND",
+            "VUV",
+            "XAF",
+            "XOF",
+            "XPF",
+        ],
+        0,
+    )
+    | dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3)
+    | dict.fromkeys(["CLF", "UYW"], 4)
+)
+
+
+def _shop_currency(value: Any) -> Any:
+    if not (isinstance(value, str) and re.fullmatch(r"[A-Z]{3}", value)):
+        raise ValueError(
+            f"must be 3 capital letters (an ISO 4217 code such as 'EUR'), got {_show(value)}"
+        )
+    decimals = MINOR_UNITS_NOT_2.get(value)
+    if decimals is not None:
+        raise ValueError(
+            f"{value} has {decimals} decimals (ISO 4217 minor unit); pos-loyalty handles only "
+            "currencies with 2 decimals (cents), such as EUR, USD, GBP or CHF"
+        )
+    return value
+
+
+ShopCurrency = Annotated[str, PlainValidator(_shop_currency)]
 OptionalUrl = Annotated[str, _checked(_is_optional_url, '"" or an http:// or https:// address')]
 ReaderKind = Annotated[str, _one_of(READER_KINDS)]
 BasisPoints = Annotated[int, _int_at_least(0, 10000, "basis points from 0 to 10000 (1500 = 15%)")]
@@ -244,7 +291,7 @@ class _Terminal(_Section):
 
 class _Shop(_Section):
     name: Text = ""
-    currency: Currency
+    currency: ShopCurrency
     card_prefix: CardPrefix = "PL"
 
 
@@ -771,14 +818,13 @@ def load_settings(path: Path | None = None, *, data_dir: Path | None = None) -> 
         names.add(reader.name)
         if reader.kind == "serial" and not reader.url:
             raise ConfigError(file, f"readers[{index}].url", "is required for a serial reader")
-        readers.append(
-            ReaderConfig(
-                name=reader.name,
-                kind=reader.kind,
-                url=reader.url or None,
-                options=MappingProxyType(dict(reader.options)),
-            )
+        config = ReaderConfig(
+            name=reader.name,
+            kind=reader.kind,
+            url=reader.url or None,
+            options=MappingProxyType(dict(reader.options)),
         )
+        readers.append(config)
     if model.sync.enabled and not model.sync.server_url:
         raise ConfigError(file, "sync.server_url", "is required when sync.enabled is true")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from pos_loyalty.domain.programs import (
     StampReward,
     WelcomeProgram,
 )
+from pos_loyalty.reader_settings import check_readers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,10 +43,14 @@ def edited(old: str, new: str, *, count: int = 1) -> str:
     return text.replace(old, new, count)
 
 
-def load_error(tmp_path: Path, text: str) -> ConfigError:
+def load_error(tmp_path: Path, text: str, *, readers: bool = False) -> ConfigError:
+    """The error loading ``text`` gives (with ``readers``: the readers' check a command
+    that opens them runs, ``reader_settings.check_readers``)."""
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
-        load_settings(path)
+        settings = load_settings(path)
+        if readers:
+            check_readers(settings)
     err = info.value
     message = str(err)
     assert "\n" not in message
@@ -372,6 +379,96 @@ def test_serial_reader_needs_url(tmp_path: Path) -> None:
     assert err.key == "readers[1].url"
 
 
+SERIAL = '\n[[readers]]\nname = "counter"\nkind = "serial"\nurl = "/dev/ttyACM0"\n'
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "problem"),
+    [
+        ("baudrat = 115200", "readers[1].options.baudrat", "unknown option 'baudrat'"),
+        ('framing = "crr"', "readers[1].options.framing", "must be one of 'cr', 'crlf'"),
+        ('baudrate = "fast"', "readers[1].options.baudrate", "must be a whole number"),
+        ("baudrate = 0", "readers[1].options.baudrate", "positive whole number"),
+        ('parity = "X"', "readers[1].options.parity", "must be one of"),
+        ("rtscts = 1", "readers[1].options.rtscts", "must be true or false"),
+        ('formats = ["qr", "qrr"]', "readers[1].options.formats", "unknown format 'qrr'"),
+        ('lrc = "maybe"', "readers[1].options.lrc", "must be one of 'absent'"),
+        ('own_prefixes = ["99x"]', "readers[1].options.own_prefixes", "digit strings"),
+    ],
+)
+def test_bad_reader_setting_is_refused_at_load(
+    tmp_path: Path, options: str, key: str, problem: str
+) -> None:
+    """A typo in a reader's settings never falls back to a default, and is found when the
+    file is read, not when the till starts reading cards."""
+    err = load_error(
+        tmp_path,
+        embedded_default_text() + SERIAL + f"[readers.options]\n{options}\n",
+        readers=True,
+    )
+    assert err.key == key
+    assert err.problem.startswith("reader 'counter': ")
+    assert problem in err.problem
+
+
+@pytest.mark.parametrize(
+    ("block", "key", "problem"),
+    [
+        ('name = "cam"\nkind = "webcam"\n[readers.options]\nwidht = 640\n', "widht", "webcam"),
+        ('name = "k2"\nkind = "keyboard"\n[readers.options]\nbaudrate = 9600\n', "baudrate", ""),
+        (
+            'name = "w"\nkind = "evdev"\nurl = "/dev/input/event3"\n[readers.options]\n'
+            'grab = "yes"\n',
+            "grab",
+            "true or false",
+        ),
+        (
+            'name = "h"\nkind = "hidraw"\nurl = "/dev/hidraw0"\n[readers.options]\nlayout = "fr"\n',
+            "",
+            "layout",
+        ),
+    ],
+)
+def test_bad_setting_of_other_reader_kinds(
+    tmp_path: Path, block: str, key: str, problem: str
+) -> None:
+    err = load_error(tmp_path, embedded_default_text() + "\n[[readers]]\n" + block, readers=True)
+    assert err.key == ("readers[1].options." + key if key else "readers[1]")
+    assert problem in err.problem
+
+
+def test_good_reader_settings_load(tmp_path: Path) -> None:
+    text = (
+        embedded_default_text()
+        + SERIAL
+        + (
+            '[readers.options]\nbaudrate = 115200\nframing = "crlf"\nformats = ["qr", "code128"]\n'
+            'own_prefixes = ["990012"]\nvid = "0x0c2e"\n'
+        )
+    )
+    settings = load_settings(write(tmp_path, text))
+    check_readers(settings)
+    assert settings.readers[1].options["baudrate"] == 115200
+
+
+@pytest.mark.parametrize(("currency", "decimals"), [("JPY", 0), ("KRW", 0), ("BHD", 3), ("CLF", 4)])
+def test_currency_without_two_decimals_is_refused(
+    tmp_path: Path, currency: str, decimals: int
+) -> None:
+    """Prices are typed and shown with 2 decimals: a yen shop would be charged 100 times
+    what the cashier meant. Refused at load, saying why."""
+    err = load_error(tmp_path, edited('currency = "EUR"', f'currency = "{currency}"'))
+    assert err.key == "shop.currency"
+    assert err.problem.startswith(f"{currency} has {decimals} decimals")
+    assert "only currencies with 2 decimals" in err.problem
+
+
+@pytest.mark.parametrize("currency", ["USD", "GBP", "CHF", "SEK"])
+def test_two_decimal_currencies_load(tmp_path: Path, currency: str) -> None:
+    s = load_settings(write(tmp_path, edited('currency = "EUR"', f'currency = "{currency}"')))
+    assert s.currency == currency
+
+
 def test_error_message_is_one_line_with_file_key_problem(tmp_path: Path) -> None:
     path = write(tmp_path, edited("required = 9", 'required = "nine"'))
     with pytest.raises(ConfigError) as info:
@@ -380,3 +477,27 @@ def test_error_message_is_one_line_with_file_key_problem(tmp_path: Path) -> None
         re.escape(f"{path}: programs[0].required: must be a positive integer, got 'nine'"),
         str(info.value),
     )
+
+
+def test_reader_settings_are_checked_by_the_commands_that_open_readers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``init`` (and ``terminal``, ``devices``) refuse a bad reader setting before they
+    start; the sync service and the server, which never open readers, do not load the
+    reader stack to read their settings (DESIGN: the server never imports drivers)."""
+    from pos_loyalty.cli import main
+
+    path = write(
+        tmp_path, embedded_default_text() + SERIAL + '[readers.options]\nframing = "crr"\n'
+    )
+    assert main(["--config", str(path), "--data-dir", str(tmp_path / "d"), "init"]) == 2
+    err = capsys.readouterr().err
+    assert "readers[1].options.framing" in err and "reader 'counter'" in err
+    assert not (tmp_path / "d").exists()  # refused before anything was made
+    probe = (
+        "import sys; from pathlib import Path; from pos_loyalty.config import load_settings; "
+        f"load_settings(Path({str(path)!r})); "
+        "print(sorted(m for m in sys.modules if m == 'drivers' or m.startswith('drivers.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

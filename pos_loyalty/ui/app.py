@@ -21,6 +21,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 
 from drivers.model import CardRead, ReaderStatus, Symbology
+from drivers.parse import ParseError, parse_scan
 from drivers.payment_guard import carries_payment_card
 from pos_loyalty.domain.ids import uuid7
 from pos_loyalty.events import (
@@ -147,8 +148,18 @@ class TerminalApp(App[None]):
         self.tell(plain_error(exc), error=True)
 
     # -- scans ----------------------------------------------------------------------------
+    def refuse_payment_card(self) -> None:
+        """Payment-card data was read or typed and has been dropped: say so (never the data)."""
+        self.tell(PAYMENT_CARD_MESSAGE, error=True)
+
     def scan(self, text: str, source: str = "keyboard") -> None:
-        """A card code arrived (typed, wedge-scanned or from a reader)."""
+        """A card code arrived (typed, wedge-scanned or from a reader).
+
+        What the keyboard delivers (typing, a keyboard-wedge scanner, a keyboard mag-stripe
+        reader) goes through the same parser as the serial and HID readers' bytes: an AIM
+        identifier (``]Q1``...) is split off, a swipe (``%...?;...?``) gives the loyalty id of
+        its good tracks, payment-card data is refused. Reads from readers come parsed.
+        """
         from pos_loyalty.ui.customer import CustomerScreen
         from pos_loyalty.ui.scan import ScanScreen
 
@@ -156,11 +167,22 @@ class TerminalApp(App[None]):
         if not text:
             return
         if source == "keyboard":
-            self.bus.publish_read(
-                CardRead(text, b"", Symbology.KEYBOARD, "keyboard", time.monotonic())
+            parsed = parse_scan(
+                text.encode("utf-8"),
+                "keyboard",
+                default_symbology=Symbology.KEYBOARD,
+                at=time.monotonic(),
             )
+            if isinstance(parsed, ParseError):
+                self.tell(cashier_sentence(parsed.message), error=True)
+                return
+            self.bus.publish_read(parsed)
+            if parsed.rejected:
+                self.refuse_payment_card()
+                return
+            text = parsed.text
         if carries_payment_card(text):
-            self.tell(PAYMENT_CARD_MESSAGE, error=True)
+            self.refuse_payment_card()
             return
         top = self.screen
         if not isinstance(top, ScanScreen | CustomerScreen):
@@ -221,6 +243,8 @@ class TerminalApp(App[None]):
                     self.reader_changed(item)
                 elif isinstance(item, CardRead):
                     self.card_read(item)
+                elif isinstance(item, ParseError):
+                    self.read_failed(item)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -231,9 +255,14 @@ class TerminalApp(App[None]):
     def card_read(self, read: CardRead) -> None:
         self.bus.publish_read(read)
         if read.rejected or carries_payment_card(read.text):
-            self.tell(PAYMENT_CARD_MESSAGE, error=True)
+            self.refuse_payment_card()
             return
         self.scan(read.text, source=read.source)
+
+    def read_failed(self, error: ParseError) -> None:
+        """A reader read something that gave no card (a bad swipe, a code too long...): the
+        parser's sentence, which never holds scanned data."""
+        self.tell(f"Card reader {error.source}: {error.message}.", error=True)
 
     def reader_changed(self, status: ReaderStatus) -> None:
         self.bus.publish_reader_status(status)
@@ -310,6 +339,14 @@ class TerminalApp(App[None]):
 
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
+
+
+def cashier_sentence(message: str) -> str:
+    """``"the card could not be read: swipe it again"`` -> a sentence for the screen."""
+    message = message.strip()
+    if not message:
+        return message
+    return message[0].upper() + message[1:] + ("" if message.endswith(".") else ".")
 
 
 def create_terminal_app(

@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Input, Static
 
+from drivers.payment_guard import carries_payment_card
 from pos_loyalty.ui.status import StatusState, status_text
 from pos_loyalty.ui.text import plain_error
 
@@ -154,3 +155,30 @@ class TillScreen(Screen[Any]):
 
     def say_error(self, exc: BaseException) -> None:
         self.say(plain_error(exc), error=True)
+
+    def replace_with(self, screen: Screen[Any]) -> None:
+        """Put ``screen`` in this screen's place (a result after a save), closing any dialog
+        opened over this one meanwhile (help), so the result is what the cashier sees.
+
+        Not awaited: called from this screen's own worker, which the switch ends (the stack
+        changes at once; Textual finishes the change in the app's queue)."""
+        if self not in self.app.screen_stack:  # not expected: shown all the same
+            self.app.push_screen(screen)
+            return
+        while self.app.screen is not self:
+            self.app.pop_screen()
+        self.app.switch_screen(screen)
+
+    def drop_card_data(self, *fields: Input) -> bool:
+        """Empty every field among ``fields`` that holds payment-card data (a bank card swiped
+        through a keyboard mag-stripe reader types wherever the focus is, and a card number
+        can be typed by hand) and tell the cashier; True if any did. DESIGN invariant 10: the
+        data is dropped, never shown, stored or logged."""
+        found = False
+        for field in fields:
+            if carries_payment_card(field.value):
+                field.value = ""
+                found = True
+        if found:
+            self.till.refuse_payment_card()
+        return found

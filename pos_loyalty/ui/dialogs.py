@@ -52,11 +52,13 @@ class HelpScreen(ModalScreen[None]):
 
 
 class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question. Yes is F9, a key no scanner sends: a keyboard-wedge scanner ends
+    every scan with Enter, and a card scanned while the question is shown must not answer
+    it (nor may a letter inside a code)."""
+
     BINDINGS = [
-        Binding("enter", "yes", "Yes"),
-        Binding("y", "yes", "Yes", show=False),
+        Binding("f9", "yes", "Yes"),
         Binding("escape", "no", "No"),
-        Binding("n", "no", "No", show=False),
     ]
 
     def __init__(self, question: str, *, yes: str = "Yes") -> None:
@@ -67,7 +69,7 @@ class ConfirmScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm"):
             yield Static(Text(self.question, style="bold"))
-            yield Static(f"Enter = {self.yes_label}    Esc = No")
+            yield Static(f"F9 = {self.yes_label}    Esc = No")
         yield KeyBar(id="keys")
 
     def action_yes(self) -> None:

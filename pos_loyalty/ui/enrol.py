@@ -12,9 +12,12 @@ from textual.containers import Horizontal
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label
 
+from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.service import Profile
 from pos_loyalty.ui.base import Plain, TillInput, TillScreen
 from pos_loyalty.ui.text import EntryError
+
+FIELDS = ("name", "phone", "email", "referral", "card")
 
 # The same rules as the plugin API's enrolment body.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
@@ -45,6 +48,10 @@ class EnrolScreen(TillScreen):
         Binding("f1", "app.help", "Help"),
         Binding("f9", "save", "Enrol"),
         Binding("escape", "cancel", "Cancel"),
+        # Priority: run when the app takes the key off the keyboard, before the keys typed
+        # after it are handed to the focused field -- so a paste or a wedge's "Ada<CR>+49..."
+        # puts the phone in the phone field, not in the name.
+        Binding("enter", "next_field", "Next field", show=False, priority=True),
     ]
 
     def __init__(self) -> None:
@@ -72,11 +79,25 @@ class EnrolScreen(TillScreen):
         return self.query_one(f"#{key}", Input).value
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
+        event.stop()  # Enter is the priority binding's; nothing else submits
+
+    def action_next_field(self) -> None:
+        field = self.focused
+        if isinstance(field, Checkbox):
+            field.toggle()
+            return
         self.focus_next()
+        if isinstance(field, Input):
+            # After the keys typed before this Enter, still queued for that field.
+            field.call_later(self.drop_card_data, field)
+
+    def _inputs(self) -> list[Input]:
+        return [self.query_one(f"#{key}", Input) for key in FIELDS]
 
     def action_save(self) -> None:
         if self.saving:
+            return
+        if self.drop_card_data(*self._inputs()):
             return
         try:
             profile = profile_from(
@@ -99,12 +120,23 @@ class EnrolScreen(TillScreen):
             result = await self.till.call(self.till.service.enrol, profile, None, card)
         except Exception as exc:
             self.saving = False
+            if isinstance(exc, DomainError) and exc.code == "payment_card_rejected":
+                # The till refused payment-card data in a field the check here let through:
+                # which field is not said, so none of what was typed is kept on the screen.
+                for field in self._inputs():
+                    field.value = ""
+                self.query_one("#name", Input).focus()
+                self.till.refuse_payment_card()
+                return
             self.query_one("#card", Input).value = ""
             self.till.tell_error(exc)
             return
-        self.app.switch_screen(EnrolledScreen(result, profile))
+        self.replace_with(EnrolledScreen(result, profile))
 
     def action_cancel(self) -> None:
+        if self.saving:  # the customer is being enrolled: leaving would hide the new card
+            self.say("Enrolling... please wait.")
+            return
         self.app.pop_screen()
 
 

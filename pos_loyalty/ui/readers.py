@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
-from drivers.model import CardRead, ReaderStatus
+from drivers.model import CardRead, ReaderState, ReaderStatus
+from drivers.parse import ParseError
 
 log = logging.getLogger("pos_loyalty.ui.readers")
 
-ReaderEvent = CardRead | ReaderStatus
+# ParseError: a read that gave no card (a bad swipe...), so the cashier can be told.
+ReaderEvent = CardRead | ReaderStatus | ParseError
 
 
 class ReaderFeed(Protocol):
@@ -68,20 +71,52 @@ class QueueFeed:
 
 class DriverFeed:
     """Readers from ``drivers.stream.ReaderStream`` (opened when the stream is iterated,
-    released when the app stops iterating it)."""
+    released when the app stops iterating it).
+
+    Each reader is built on its own: one that cannot be built (a bad setting the file check
+    did not catch, a driver missing) is reported as ``error`` and the others still run.
+    """
 
     def __init__(self, entries: Sequence[Any], own_prefixes: Sequence[str] = ()) -> None:
         self.names = tuple(getattr(e, "name", "?") for e in entries)
         self._entries = list(entries)
         self._own_prefixes = tuple(own_prefixes)
 
+    def _build(self) -> tuple[list[Any], list[ReaderStatus]]:
+        from drivers.stream import normalise_entry, reader_from_config
+
+        readers: list[Any] = []
+        broken: list[ReaderStatus] = []
+        for entry in self._entries:
+            name = getattr(entry, "name", "?")
+            try:
+                name, kind, url, options = normalise_entry(entry)
+                reader = reader_from_config(
+                    name, kind, url, options, own_prefixes=self._own_prefixes
+                )
+            except Exception as exc:  # any failure: this reader only, the others still run
+                log.error("reader %s cannot be used: %s", name, exc)
+                problem = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+                broken.append(
+                    ReaderStatus(
+                        name, ReaderState.ERROR, f"bad settings: {problem}", time.monotonic()
+                    )
+                )
+                continue
+            if reader is not None:
+                readers.append(reader)
+        return readers, broken
+
     async def stream(self) -> AsyncIterator[ReaderEvent]:
         from drivers.stream import ReaderStream
 
-        stream = ReaderStream.from_config(self._entries, own_prefixes=self._own_prefixes)
+        readers, broken = self._build()
+        for status in broken:
+            yield status
+        stream = ReaderStream(readers, include_errors=True)
         async with stream:
             async for item in stream:
-                if isinstance(item, CardRead | ReaderStatus):
+                if isinstance(item, CardRead | ReaderStatus | ParseError):
                     yield item
 
 

@@ -107,9 +107,12 @@ class RefundScreen(TillScreen):
             self.working = False
             till.tell_error(exc)
             return
-        self.app.switch_screen(RefundDoneScreen(result, self.view))
+        self.replace_with(RefundDoneScreen(result, self.view))
 
     def action_cancel(self) -> None:
+        if self.working:  # the refund is being written: leaving would hide its result
+            self.say("Refunding... please wait.")
+            return
         self.app.pop_screen()
 
 

@@ -13,6 +13,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Input, Label
 
+from drivers.payment_guard import carries_payment_card
 from pos_loyalty.domain.basket import Basket, BasketLine, Redemption
 from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.domain.money import format_minor
@@ -49,6 +50,9 @@ class SaleScreen(TillScreen):
         self.receipt_id: str | None = None
         self.committing = False
         self._timer: Timer | None = None
+        # The payment-card refusal stays on screen until the cashier's next step (a fresh
+        # quote clears other messages).
+        self._keep_message = False
 
     @property
     def card(self) -> str | None:
@@ -119,6 +123,7 @@ class SaleScreen(TillScreen):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         if event.input.id != "item":
+            self.drop_card_data(event.input)
             self.query_one("#item", Input).focus()
             return
         text = event.value
@@ -140,6 +145,11 @@ class SaleScreen(TillScreen):
     def _add(self, text: str) -> None:
         """Add the line the cashier typed (``text``, already taken out of the field)."""
         item = self.query_one("#item", Input)
+        self._keep_message = False
+        if carries_payment_card(text):  # a bank card swiped into the item field: dropped
+            self._keep_message = True
+            self.till.refuse_payment_card()
+            return
         if not text.strip():
             if self.lines:
                 self.say("Press F9 to confirm the sale, or type another item.")
@@ -157,6 +167,7 @@ class SaleScreen(TillScreen):
         self._schedule_quote()
 
     def action_remove_line(self) -> None:
+        self._keep_message = False
         if not self.lines:
             self.say("There is no item to remove.", error=True)
             return
@@ -165,6 +176,9 @@ class SaleScreen(TillScreen):
         self._schedule_quote()
 
     async def action_cancel(self) -> None:
+        if self.committing:  # the sale is being written: leaving would hide its result
+            self.say("Saving the sale... please wait.")
+            return
         self.app.pop_screen()
 
     # -- quote ----------------------------------------------------------------------------
@@ -179,6 +193,8 @@ class SaleScreen(TillScreen):
         return Basket(tuple(lines), codes, redeem)
 
     def _start_quote(self) -> None:
+        if self._holds_card_data():
+            return  # never sent anywhere; dropped at Enter or F9
         try:
             lines, codes, points = self._basket(with_pending=True)
         except EntryError as exc:
@@ -206,7 +222,7 @@ class SaleScreen(TillScreen):
             return
         self.quote = quote
         self._show(typing=typing)
-        if not self.committing:
+        if not self.committing and not self._keep_message:
             self.say("")
 
     def _show(self, typing: bool = False) -> None:
@@ -259,9 +275,22 @@ class SaleScreen(TillScreen):
                 out.append(f"   Uses: {spent}")
         return out
 
+    def _fields(self) -> list[Input]:
+        return [w for w in self.query(Input) if w.id in ("item", "codes", "points")]
+
+    def drop_card_data(self, *fields: Input) -> bool:
+        found = super().drop_card_data(*fields)
+        self._keep_message = found
+        return found
+
+    def _holds_card_data(self) -> bool:
+        return any(carries_payment_card(field.value) for field in self._fields())
+
     # -- commit ---------------------------------------------------------------------------
     def action_confirm(self) -> None:
         if self.committing:
+            return
+        if self.drop_card_data(*self._fields()):
             return
         try:
             if self._pending() is not None:
@@ -303,4 +332,4 @@ class SaleScreen(TillScreen):
                 self.receipt_id = None  # refused, nothing written: the next try is new
             self.till.tell_error(exc)
             return
-        self.app.switch_screen(SummaryScreen(result, self.view))
+        self.replace_with(SummaryScreen(result, self.view))

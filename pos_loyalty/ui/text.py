@@ -33,7 +33,8 @@ def parse_price(text: str) -> int:
     """``"3.20"``/``"3,20"`` → 320; ``"3"`` → 300; ``"3.5"`` → 350. Never a float."""
     match = _PRICE.match(text.strip())
     if not match:
-        raise EntryError(f"Type the price last, like 3.20 (not {text!r})")
+        # Never the typed text: it may be anything a reader typed into the field.
+        raise EntryError("Type the price last, like 3.20")
     whole, frac = match.group(1), (match.group(2) or "0").ljust(2, "0")
     return int(whole) * 100 + int(frac)
 

@@ -96,4 +96,17 @@ async def type_text(pilot: Pilot[Any], text: str) -> None:
     await pilot.pause()
 
 
-__all__ = ["FakeSync", "NOW", "QueueFeed", "screen_text", "settle", "type_text"]
+async def wedge(pilot: Pilot[Any], text: str) -> None:
+    """Like :func:`type_text`, with CR as the Enter key: what the terminal delivers for a
+    keyboard-wedge scanner's CR suffix (or a paste of several lines)."""
+    app = pilot.app
+    assert app._driver is not None
+    for ch in text:
+        key = "enter" if ch == "\r" else ch if ch.isalnum() else _character_to_key(ch)
+        event = events.Key(key, ch)
+        event.set_sender(app)
+        app._driver.send_message(event)
+    await pilot.pause()
+
+
+__all__ = ["FakeSync", "NOW", "QueueFeed", "screen_text", "settle", "type_text", "wedge"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -22,7 +24,7 @@ from pos_loyalty.ui.sale import SaleScreen
 from pos_loyalty.ui.scan import ScanScreen
 from pos_loyalty.ui.summary import SummaryScreen
 
-from .conftest import NOW, FakeSync, QueueFeed, screen_text, settle, type_text
+from .conftest import NOW, FakeSync, QueueFeed, screen_text, settle, type_text, wedge
 
 pytestmark = pytest.mark.anyio
 
@@ -194,7 +196,8 @@ async def test_refund_from_history(make_app: MakeApp, till: Service, codes: list
         await pilot.press("enter")
         await settle(pilot)
         assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("enter")
+        assert "F9 = Refund" in screen_text(app)
+        await pilot.press("f9")  # yes is F9: a key no scanner sends
         await settle(pilot)
         assert isinstance(app.screen, RefundDoneScreen)
         text = screen_text(app)
@@ -210,7 +213,7 @@ async def test_refund_from_history(make_app: MakeApp, till: Service, codes: list
         await settle(pilot)
         await pilot.press("enter")
         await settle(pilot)
-        await pilot.press("enter")
+        await pilot.press("f9")
         await settle(pilot)
         assert isinstance(app.screen, RefundScreen)
         assert "! " in screen_text(app)
@@ -430,3 +433,144 @@ async def test_a_damaged_ledger_is_told_once_and_stops_the_till(
     told = [r for r in caplog.records if r.getMessage().startswith("ledger: ")]
     assert len(told) == 1 and told[0].exc_info is None
     assert not [r for r in caplog.records if r.exc_info is not None]
+
+
+# --------------------------------------------------------------------------- saving in flight
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def slowed(fn: F, seconds: float = 0.5) -> F:
+    """``fn`` behind a pause: the ledger busy (sync holding the lock) while the till waits."""
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(seconds)
+        return fn(*args, **kwargs)
+
+    return cast(F, slow)
+
+
+async def test_esc_while_saving_a_sale_waits_for_the_summary(
+    make_app: MakeApp, till: Service, codes: list[str]
+) -> None:
+    till.commit = slowed(till.commit)  # type: ignore[method-assign]
+    app = make_app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        await type_text(pilot, codes[0])
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("f4")
+        await type_text(pilot, "espresso coffee 3.20")
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("f9")
+        await pilot.pause(0.05)
+        await pilot.press("escape")
+        await pilot.pause(0.05)
+        assert isinstance(app.screen, SaleScreen)
+        assert "Saving the sale... please wait." in screen_text(app)
+        await pilot.pause(0.8)
+        await settle(pilot)
+        assert isinstance(app.screen, SummaryScreen), screen_text(app)
+    assert balance(till, codes[0], "coffee-card") == 1
+
+
+async def test_esc_while_enrolling_waits_for_the_new_card(make_app: MakeApp, till: Service) -> None:
+    till.enrol = slowed(till.enrol)  # type: ignore[method-assign]
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f2")
+        await type_text(pilot, "Dora")
+        await pilot.press("f9")
+        await pilot.pause(0.05)
+        await pilot.press("escape")
+        await pilot.pause(0.05)
+        assert isinstance(app.screen, EnrolScreen)
+        assert "Enrolling... please wait." in screen_text(app)
+        await pilot.pause(0.8)
+        await settle(pilot)
+        assert isinstance(app.screen, EnrolledScreen), screen_text(app)
+        assert "Dora is enrolled" in screen_text(app)
+
+
+async def test_result_replaces_a_help_screen_opened_while_saving(
+    make_app: MakeApp, till: Service
+) -> None:
+    till.enrol = slowed(till.enrol)  # type: ignore[method-assign]
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f2")
+        await type_text(pilot, "Dora")
+        await pilot.press("f9")
+        await pilot.pause(0.05)
+        await pilot.press("f1")
+        await pilot.pause(0.8)
+        await settle(pilot)
+        assert isinstance(app.screen, EnrolledScreen)
+        assert [type(s).__name__ for s in app.screen_stack] == ["ScanScreen", "EnrolledScreen"]
+
+
+async def test_esc_while_refunding_waits_for_the_result(
+    make_app: MakeApp, till: Service, codes: list[str]
+) -> None:
+    till.commit(SaleRequest(Basket((BasketLine("espresso", 1, 320, "coffee"),)), codes[0], "R-5"))
+    till.refund = slowed(till.refund)  # type: ignore[method-assign]
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_text(pilot, codes[0])
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("f6")
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("f9")
+        await pilot.pause(0.05)
+        await pilot.press("escape")
+        await pilot.pause(0.05)
+        assert isinstance(app.screen, RefundScreen)
+        assert "Refunding... please wait." in screen_text(app)
+        await pilot.pause(0.8)
+        await settle(pilot)
+        assert isinstance(app.screen, RefundDoneScreen), screen_text(app)
+
+
+async def test_a_scan_on_the_refund_question_does_not_answer_it(
+    make_app: MakeApp, till: Service, codes: list[str]
+) -> None:
+    """A hands-free scanner reads the next customer's card while 'Refund the whole
+    receipt?' is shown: its trailing Enter must not answer Yes."""
+    till.commit(SaleRequest(Basket((BasketLine("espresso", 1, 320, "coffee"),)), codes[0], "R-1"))
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_text(pilot, codes[0])
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("f6")
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        await wedge(pilot, codes[1] + "\r")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert isinstance(app.screen, RefundScreen)
+    history = till.customer(till.lookup(codes[0])["customer"]["id"])["history"]
+    assert not any(h["kind"] == "refund.committed" for h in history)
+
+
+async def test_enrol_typed_fast_keeps_each_entry_in_its_field(
+    make_app: MakeApp, till: Service
+) -> None:
+    """Enter moves on, also when the next keys follow at once (a paste, a wedge)."""
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f2")
+        await settle(pilot)
+        await wedge(pilot, "Ada\r+49 30 1234567\rada@example.com\r")
+        await settle(pilot)
+        values = {k: app.screen.query_one(f"#{k}").value for k in ("name", "phone", "email")}  # type: ignore[attr-defined]
+        assert values == {"name": "Ada", "phone": "+49 30 1234567", "email": "ada@example.com"}
+        assert app.focused is not None and app.focused.id == "referral"
