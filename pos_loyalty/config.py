@@ -26,6 +26,8 @@ from types import MappingProxyType
 from typing import Annotated, Any
 
 import platformdirs
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from pos_loyalty.domain.programs import (
@@ -141,6 +143,9 @@ class Settings:
     source: str  # path of the file read, or EMBEDDED_SOURCE
     coupon_key_file: Path = Path("coupon-signing.key")  # this till's Ed25519 key (raw seed)
     coupon_trusted_keys: tuple[str, ...] = ()  # other tills' / HQ's public keys (hex)
+    # Raw Ed25519 public keys (32 bytes each) whose signed digital cards this till accepts
+    # (``[shop] card_public_keys``, ``drivers.cards.verify_card``).
+    card_public_keys: tuple[bytes, ...] = ()
 
 
 # --------------------------------------------------------------------------- leaf validators
@@ -293,6 +298,7 @@ class _Shop(_Section):
     name: Text = ""
     currency: ShopCurrency
     card_prefix: CardPrefix = "PL"
+    card_public_keys: Annotated[list[Text], Field(default_factory=list)]
 
 
 class _Storage(_Section):
@@ -769,6 +775,20 @@ def _build_programs(
     return programs
 
 
+def _card_public_key(file: str, index: int, path: Path) -> bytes:
+    """The raw bytes of the Ed25519 public key in a PEM file (``cards keygen`` writes it)."""
+    key = f"shop.card_public_keys[{index}]"
+    try:
+        loaded = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(file, key, f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise ConfigError(file, key, f"{path} is not a PEM public key") from None
+    if not isinstance(loaded, Ed25519PublicKey):
+        raise ConfigError(file, key, f"{path} is not an Ed25519 public key")
+    return loaded.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 def _resolve_data_dir(configured: str, base: Path) -> Path:
     if configured == "":
         return Path(platformdirs.user_data_dir(_APP_NAME, appauthor=False))
@@ -837,6 +857,10 @@ def load_settings(path: Path | None = None, *, data_dir: Path | None = None) -> 
     key_file = Path(model.coupons.key_file).expanduser()
     if not key_file.is_absolute():
         key_file = resolved / key_file
+    card_keys = tuple(
+        _card_public_key(file, index, base / Path(name).expanduser())
+        for index, name in enumerate(model.shop.card_public_keys)
+    )
 
     return Settings(
         terminal_id=model.terminal.id,
@@ -866,6 +890,7 @@ def load_settings(path: Path | None = None, *, data_dir: Path | None = None) -> 
         source=file,
         coupon_key_file=key_file,
         coupon_trusted_keys=tuple(model.coupons.trusted_keys),
+        card_public_keys=card_keys,
     )
 
 

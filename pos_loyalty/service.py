@@ -271,16 +271,37 @@ class Service:
 
     # -- cards ----------------------------------------------------------------------------
     def normalise_scan(self, scanned: str) -> str:
-        """The loyalty card code in a scan; payment-card data is refused and never kept."""
+        """The loyalty card code in a scan; payment-card data is refused and never kept. A
+        signed digital card (``LC1:...``, ``drivers.cards``) gives its code once one of the
+        shop's card keys (``[shop] card_public_keys``) verifies it."""
         if carries_payment_card(scanned):
             raise DomainError(
                 "payment_card_rejected",
                 "That is a payment card. Payment card data is never stored: scan the loyalty card.",
             )
+        if scanned.strip()[:4].upper() == "LC1:":
+            scanned = self._signed_card_code(scanned)
         try:
             return normalise_card_code(scanned, self.settings.card_prefix)
         except CardCodeError as exc:
             raise NotFound("unknown_card", f"No loyalty card has that code: {exc}") from None
+
+    def _signed_card_code(self, payload: str) -> str:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        from drivers.cards import CardSignatureError, verify_card
+
+        keys = [Ed25519PublicKey.from_public_bytes(k) for k in self.settings.card_public_keys]
+        if not keys:
+            raise NotFound(
+                "unknown_card",
+                "That is a signed digital card, and this till holds no card key to check it "
+                "(set [shop] card_public_keys).",
+            )
+        try:
+            return verify_card(payload, keys)
+        except CardSignatureError as exc:
+            raise NotFound("unknown_card", f"That digital card is not accepted: {exc}.") from None
 
     def _card_customer(self, tx: Tx, scanned: str, *, for_write: bool) -> tuple[str, str]:
         code, row = self._card_row(tx, scanned, for_write=for_write)
