@@ -38,6 +38,7 @@ from pos_loyalty.domain.programs import (
     PromoCodeProgram,
     ReferralProgram,
     ReferralTrigger,
+    StampBasis,
     StampCardProgram,
 )
 from pos_loyalty.domain.state import CustomerState
@@ -112,7 +113,11 @@ class _Retry:
 
     def __init__(self, service: Service, kind: Kind, request_id: str | None, **params: Any) -> None:
         self.service = service
-        self.key = projections.request_key(kind, request_id) if request_id else None
+        self.key = (
+            projections.request_key(kind, service.settings.terminal_id, request_id)
+            if request_id
+            else None
+        )
         self.digest = request_hash(
             {k: v.isoformat() if isinstance(v, datetime) else v for k, v in params.items()}
         )
@@ -1033,6 +1038,9 @@ class Service:
                 spend=sale.data.get("spend", {}),
                 expired=expired,
                 sale_lots={p.program: p.lot for p in sale.postings if p.delta > 0 and p.lot},
+                stamps_reversed=self._stamps_reversed(tx, sale, customer_id)
+                if sale_receipt.refunded
+                else None,
             )
             everything = all(
                 sale_receipt.refunded.get(ln.index, 0) + units.get(ln.index, 0) >= ln.qty
@@ -1089,6 +1097,20 @@ class Service:
             tx.set_response(key, response)
         return response
 
+    def _stamps_reversed(self, tx: Tx, sale: Event, customer_id: str | None) -> dict[str, int]:
+        """Stamps earlier refunds of ``sale`` took back, per per-visit stamp card."""
+        visit = {c.id for c in self.programs.stamp_cards if c.per is StampBasis.VISIT}
+        if customer_id is None or not visit:
+            return {}
+        out: dict[str, int] = {}
+        for ev in tx.events_of(customer_id, Kind.REFUND_COMMITTED):
+            if ev.data.get("receipt_id") != sale.data.get("receipt_id"):
+                continue
+            for p in ev.postings:
+                if p.program in visit and p.unit is Unit.STAMPS and p.delta < 0:
+                    out[p.program] = out.get(p.program, 0) - p.delta
+        return out
+
     def _withdrawal(
         self, tx: Tx, sale: Event, customer_id: str, expired: Mapping[str, int]
     ) -> refunds.Withdrawal:
@@ -1122,20 +1144,25 @@ class Service:
         referrer = json.loads(row.profile).get("referred_by") if row else None
         if not referrer:
             return []
-        given = [
+        held = [
             e
             for e in tx.events_of(referrer, Kind.REFERRAL_REWARDED)
             if e.data.get("referred") == referred
         ]
-        if sum(int(e.data.get("points", 0)) for e in given) <= 0:
+        rewards = [e for e in held if "refund_id" not in e.data]
+        if len(rewards) <= len(held) - len(rewards):
             return []  # not held here yet (recorded elsewhere, not pulled), or taken back
-        reward = next(e for e in reversed(given) if int(e.data.get("points", 0)) > 0)
-        points = int(reward.data["points"])
+        reward = rewards[-1]  # rewards and take-backs alternate: the newest is not taken back
+        postings = [Posting(program.id, Unit.COUNT, -1)]  # re-opened: counted once again
         credit = next((p for p in reward.postings if p.unit is Unit.POINTS and p.delta > 0), None)
-        postings = [Posting(program.id, Unit.COUNT, -1)]
+        points = 0
         if credit is not None:
             lot = credit.lot or lot_id(reward.id, credit.program)
-            postings.append(Posting(credit.program, Unit.POINTS, -points, lot=lot))
+            expiry = tx.event(expiry_event_id(lot))
+            gone = -sum(p.delta for p in expiry.postings) if expiry is not None else 0
+            points = max(0, credit.delta - gone)  # what expired is not taken twice
+            if points:
+                postings.append(Posting(credit.program, Unit.POINTS, -points, lot=lot))
         return [
             self._event(
                 Kind.REFERRAL_REWARDED,

@@ -377,47 +377,35 @@ def _member_offer(
         return _percent_off(p.percent_bp, lines)
     out = {}
     for ln in lines:
-        # A member price is a price: it takes a unit down to ``price`` from what the unit
-        # costs now, so a unit already cheaper (in a bundle, say) gets nothing more.
-        off = min(max(ln.total - p.price * _paid_units(ln), 0), ln.total)
+        # A member price is a price: each paid unit comes down from its list price to
+        # ``price`` (rewards already on it stay, as they would on the lower price), except
+        # a unit sold in a bundle, which costs its share of the bundle's price.
+        units = max(_paid_units(ln) - ln.bundled_units, 0)
+        off = min(max(ln.unit_price - p.price, 0) * units, ln.total)
         if off:
             out[ln.index] = off
     return out
 
 
-def _left(ln: LineResult) -> int:
-    """What is left to pay on a line after the discounts applied so far."""
-    return ln.qty * ln.unit_price - ln.discount
-
-
 def _units(result: Quote, target: Target) -> list[tuple[int, int]]:
-    """(value, line index) for every matching unit not already free, dearest first.
+    """(unit price, line index) for every matching unit not already free, dearest first.
 
-    A unit is worth what is left to pay on it (its line's remainder split over its paid
-    units), not its list price: a promotion applied before (a member price) has already
-    taken the rest, and a bundle or a free unit must not give it a second time."""
+    A unit's price is its member price when one applied before (``LineResult.member_price``):
+    a bundle or a free unit worked out from the list price would give the member price's
+    saving a second time."""
+
     # ties by SKU and category, not by position: the result must not depend on line order.
     # Every unit of a line has the same sort key, so the lines are sorted once and expanded.
-    lines = [
-        ln
-        for ln in _matching(target, result.lines)
-        if ln.gift is None and ln.qty > ln.free_units and _left(ln) > 0
-    ]
-    lines.sort(
-        key=lambda ln: (
-            -(_left(ln) // (ln.qty - ln.free_units)),
-            -ln.unit_price,
-            ln.sku,
-            ln.category or "",
-            ln.index,
-        )
-    )
+    def price(ln: LineResult) -> int:
+        return ln.unit_price if ln.member_price is None else min(ln.member_price, ln.unit_price)
+
+    lines = [ln for ln in _matching(target, result.lines) if ln.gift is None]
+    lines.sort(key=lambda ln: (-price(ln), -ln.unit_price, ln.sku, ln.category or "", ln.index))
     units: list[tuple[int, int]] = []
     for ln in lines:
         paid = ln.qty - ln.free_units
-        left = _left(ln)
-        values = allocate(left, [1] * paid, [left] * paid) if paid > 1 else [left]
-        units.extend((value, ln.index) for value in sorted(values, reverse=True))
+        if paid > 0:
+            units.extend([(price(ln), ln.index)] * paid)
     return units
 
 
@@ -559,11 +547,21 @@ def _best_bundles(
     return best
 
 
-def _combos(combos: list[ComboProgram], result: Quote) -> dict[str, dict[int, int]]:
+_UNITS = "\x00units:"  # ``plans`` key of a bundle's units per line (beside its shares)
+
+
+def _combos(
+    combos: list[ComboProgram], result: Quote
+) -> tuple[dict[str, dict[int, int]], dict[str, dict[int, int]]]:
+    """Per bundle: the discount per line, and the units per line its instances take."""
     saving, instances = _best_bundles(combos, result)
     out: dict[str, dict[int, int]] = {}
+    taken: dict[str, dict[int, int]] = {}
     pools = _pools(result)
     for combo, units in instances:
+        used = taken.setdefault(combo.id, {})
+        for _, index in units:
+            used[index] = used.get(index, 0) + 1
         weights: dict[int, int] = {}
         for price, index in units:
             weights[index] = weights.get(index, 0) + price
@@ -579,7 +577,7 @@ def _combos(combos: list[ComboProgram], result: Quote) -> dict[str, dict[int, in
         for index, amount in shares.items():
             result.lines[index].discount -= amount
     del saving
-    return out
+    return out, taken
 
 
 def _wanted(
@@ -601,7 +599,9 @@ def _wanted(
     if isinstance(program, ComboProgram):
         if "" not in plans:  # all active bundles are allocated together, once
             active = [c for c in plans_from if c.scope.active(at, ctx.store_id)]
-            plans.update(_combos(active, result))
+            shares, units = _combos(active, result)
+            plans.update(shares)
+            plans.update({_UNITS + combo: used for combo, used in units.items()})
             plans[""] = {}
         return plans.get(program.id, {})
     if isinstance(program, TierProgram):
@@ -703,6 +703,14 @@ def apply_promotions(
                 discounts.append(Discount(program.id, index, amount, label))
         budget -= take
         applied_any = True
+        if isinstance(program, ComboProgram):
+            for index, units in plans.get(_UNITS + program.id, {}).items():
+                lines[index].bundled_units += units
+        elif (
+            isinstance(program, MemberOfferProgram) and program.price is not None and take == total
+        ):
+            for index in wanted:  # every unit of these lines now costs the member price
+                lines[index].member_price = program.price
         _note_use(program, codes, state, at, result)
         if program.scope.exclusive:
             break

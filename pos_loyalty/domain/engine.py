@@ -65,6 +65,12 @@ class LineResult:
     rewarded_units: int = 0
     free_units: int = 0
     gift: str | None = None  # the gift program that added this line at zero
+    # Units taken into a bundle by this quote (not stored: only the promotions after the
+    # bundle read it; a member price does not come off a unit sold at the bundle's price).
+    bundled_units: int = 0
+    # The member price this quote gave the line's units (not stored; read by the bundles
+    # and buy-X-get-Y after it, which count a unit at that price).
+    member_price: int | None = None
     points_paid: dict[str, int] = field(default_factory=dict)
     earn_base: dict[str, int] = field(default_factory=dict)
     stamps_earned: dict[str, int] = field(default_factory=dict)

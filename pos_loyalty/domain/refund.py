@@ -109,6 +109,7 @@ def reverse(
     spend: Mapping[str, int] | None = None,
     expired: Mapping[str, int] | None = None,
     sale_lots: Mapping[str, str] | None = None,
+    stamps_reversed: Mapping[str, int] | None = None,
 ) -> RefundResult:
     """The reversal of ``units`` (per line) given ``already`` refunded units per line.
 
@@ -122,6 +123,10 @@ def reverse(
 
     ``sale_lots``: per program, the lot the sale's credit named (the customer's lifetime
     lot, ``Posting.credit``): a reversal takes from it first; otherwise from the sale's own.
+
+    ``stamps_reversed``: per stamp card, the stamps earlier refunds of this sale already took
+    back (a per-visit card's stamp went with the sale's first line before it went with the
+    last qualifying unit: never taken twice).
     """
     after = {line.index: already.get(line.index, 0) + units.get(line.index, 0) for line in lines}
 
@@ -184,6 +189,7 @@ def reverse(
     for card in programs.stamp_cards:
         if card.per is StampBasis.VISIT:
             taken = _visit_stamp_taken(card, lines, already, after)
+            taken = max(0, min(taken, taken - (stamps_reversed or {}).get(card.id, 0)))
         else:
             taken = delta("stamps_earned", card.id)
         if taken:
@@ -306,9 +312,12 @@ def withdraw_rewards(
                 ),
                 0,
             )
-            # Points of the sale that already expired count against the referral bonus
-            # first: what is gone is not taken back twice.
-            take = max(0, given - expired.get(program.points_program, 0))
+            # The bonus shares its lot with the points the sale earned; of what expired, the
+            # earned points are counted first (as ``reverse`` does), the rest is the bonus's:
+            # what is gone is not taken back twice.
+            earned = int((sale_data.get("earned") or {}).get(program.points_program, 0))
+            gone = max(0, expired.get(program.points_program, 0) - earned)
+            take = max(0, given - gone)
             if take:
                 credit = next(
                     (

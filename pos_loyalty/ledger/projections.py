@@ -61,6 +61,7 @@ _OPEN_COUPONS = (
 )
 
 _INSERT_RECEIPT = "INSERT INTO receipts (key, event_id, refunded, response) VALUES (?, ?, ?, ?)"
+_INSERT_REQUEST = _INSERT_RECEIPT.replace("INSERT INTO", "INSERT OR IGNORE INTO")
 _INSERT_REDEMPTION = (
     "INSERT INTO redemptions (event_id, terminal_id, at, customer_id, points, wallet) "
     "VALUES (?, ?, ?, ?, ?, ?)"
@@ -230,8 +231,10 @@ def apply_side_tables(conn: Connection, event: Event, response: bytes | None = N
         _record_redemption(raw, event)
     elif event.kind in REQUEST_KEYS:
         if data.get("request_id"):
-            key = request_key(event.kind, data["request_id"])
-            raw.execute(_INSERT_RECEIPT, (key, id_key(event.id), "{}", response or b""))
+            # First wins (a restored till may have reused an id of its lost epoch): the
+            # same in a rebuild, and nothing else depends on the row.
+            key = request_key(event.kind, event.terminal_id, data["request_id"])
+            raw.execute(_INSERT_REQUEST, (key, id_key(event.id), "{}", response or b""))
         if event.kind is Kind.WALLET_PAID_OUT:
             _record_redemption(raw, event)
     elif event.kind is Kind.REFUND_COMMITTED:
@@ -279,20 +282,32 @@ REQUEST_KEYS = {
 }
 
 
-def request_key(kind: Kind, request_id: str) -> str:
-    return f"{REQUEST_KEYS[kind]}:{request_id}"
+def request_key(kind: Kind, terminal_id: str, request_id: str) -> str:
+    """A request id is the POS's, at one till: kept per till, so ids chosen by the POSes of
+    two tills never collide (and no till or server fold has to settle which one wins)."""
+    return f"{REQUEST_KEYS[kind]}:{terminal_id}:{request_id}"
+
+
+def apply_uses(conn: Connection, event: Event) -> None:
+    """The use counters an event adds (promo codes, coupons redeemed or withdrawn, gift
+    vouchers). Counted for every event, also one whose other side tables are not taken here
+    (``side_table_problem``: its receipt id taken, its sale not held on a bootstrapped till):
+    what it used is used on every till, or a coupon withdrawn by a refund stays usable where
+    that refund's sale is unknown."""
+    raw = raw_connection(conn)
+    for key, count in sorted(event.data.get("uses", {}).items()):
+        if not count:
+            continue
+        updated = raw.execute(_ADD_USAGE, (int(count), key))
+        if updated.rowcount == 0:
+            raw.execute(_INSERT_USAGE, (key, int(count)))
 
 
 def _apply_catalog(conn: Connection, event: Event) -> None:
     """Usage counters, issued coupons and referral codes that follow from ``event``."""
     data = event.data
     raw = raw_connection(conn)
-    for key, count in sorted(data.get("uses", {}).items()):
-        if not count:
-            continue
-        updated = raw.execute(_ADD_USAGE, (int(count), key))
-        if updated.rowcount == 0:
-            raw.execute(_INSERT_USAGE, (key, int(count)))
+    apply_uses(conn, event)
     for coupon in data.get("coupons", ()):
         raw.execute(
             _INSERT_COUPON,
@@ -337,9 +352,6 @@ def side_table_problem(conn: Connection, event: Event) -> tuple[str, str] | None
             return ("refund_of_unknown_sale", "the refunded sale is not held here")
         if receipt(f"refund:{data.get('refund_id')}") is not None:
             return ("refund_key_taken", f"refund id {data.get('refund_id')!r} already used here")
-    elif event.kind in REQUEST_KEYS and data.get("request_id"):
-        if receipt(request_key(event.kind, str(data["request_id"]))) is not None:
-            return ("request_key_taken", f"request id {data['request_id']!r} already used here")
     elif event.kind is Kind.CARD_ISSUED:
         if raw.execute(_CARD_EXISTS, (data.get("code"),)).fetchone() is not None:
             return ("card_code_taken", f"card {data.get('code')} already belongs to a customer")
@@ -380,6 +392,8 @@ def rebuild_into(
     for event in events:
         if side_table_problem(conn, event) is None:
             apply_side_tables(conn, event)
+        else:
+            apply_uses(conn, event)
         if event.customer_id is not None and event.postings:
             state = states.pop(event.customer_id, None)
             if state is None:

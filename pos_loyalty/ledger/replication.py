@@ -50,8 +50,14 @@ from .codec import (
     id_text,
     kind_text,
 )
-from .projections import apply_side_tables, load_state, side_table_problem, store_state
-from .snapshot import baseline_heads
+from .projections import (
+    apply_side_tables,
+    apply_uses,
+    load_state,
+    side_table_problem,
+    store_state,
+)
+from .snapshot import baseline, baseline_heads
 from .store import Ledger
 
 # Answer reasons of events the server accepted (stored, counted, served) but flagged for an
@@ -423,6 +429,7 @@ class Replica:
                 if problem is None:
                     apply_side_tables(conn, event)
                 else:
+                    apply_uses(conn, event)
                     self._conflict(
                         conn,
                         "pull",

@@ -226,6 +226,8 @@ class SnapshotFold:
         data: Mapping[str, Any] = payload["d"]
         if not self._problem(kind, customer_id, data):
             self._side_tables(terminal_id, kind, when.isoformat(), customer_id, data)
+        else:
+            self._uses(data)  # ``projections.apply_uses``: counted whatever the problem
         postings = payload["p"]
         if customer_id is not None and postings:
             state = self.states.get(customer_id)
@@ -258,6 +260,12 @@ class SnapshotFold:
             return customer_id in self.customers
         return False
 
+    def _uses(self, data: Mapping[str, Any]) -> None:
+        uses = data.get("uses")
+        for key, count in sorted(uses.items()) if uses else ():
+            if count:
+                self.usage[key] = self.usage.get(key, 0) + int(count)
+
     def _side_tables(
         self,
         terminal_id: str,
@@ -267,10 +275,7 @@ class SnapshotFold:
         data: Mapping[str, Any],
     ) -> None:
         """``projections.apply_side_tables`` (receipts kept as keys only)."""
-        uses = data.get("uses")
-        for key, count in sorted(uses.items()) if uses else ():
-            if count:
-                self.usage[key] = self.usage.get(key, 0) + int(count)
+        self._uses(data)
         for coupon in data.get("coupons") or ():
             serial = coupon["serial"]
             if serial not in self.coupons:

@@ -15,7 +15,7 @@ from pos_loyalty.domain.engine import LineResult, Quote, quote
 from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.domain.events import Posting, Unit
 from pos_loyalty.domain.ids import lot_id
-from pos_loyalty.domain.programs import PointsProgram, ProgramSet, StampCardProgram
+from pos_loyalty.domain.programs import PointsProgram, ProgramSet, StampBasis, StampCardProgram
 from pos_loyalty.domain.refund import (
     RefundRequestLine,
     RefundResult,
@@ -293,3 +293,37 @@ def test_refunds_in_pieces_reverse_exactly_what_the_sale_did(
             refund_net[(p.program, p.unit)] = refund_net.get((p.program, p.unit), 0) + p.delta
     for key in sale_net.keys() | refund_net.keys():
         assert sale_net.get(key, 0) + refund_net.get(key, 0) == 0
+
+
+VISITS = ProgramSet(
+    "EUR",
+    (
+        StampCardProgram(
+            id="visits", label="Tea visits", categories=frozenset({"tea"}), per=StampBasis.VISIT
+        ),
+    ),
+)
+
+
+def test_a_visit_stamp_an_earlier_refund_took_back_is_not_taken_again() -> None:
+    """A sale partly refunded by a release that took the visit stamp with line 0: refunding
+    the rest takes nothing more (it would take the stamp a second time)."""
+    q = sale(
+        BasketLine("green", 1, 250, "tea"), BasketLine("black", 1, 250, "tea"), programs=VISITS
+    )
+    lines = [LineResult.from_json(ln.index, ln.to_json()) for ln in q.lines]
+
+    def last_line(reversed_before: dict[str, int] | None) -> RefundResult:
+        return reverse(
+            sale_event_id=SALE_ID,
+            lines=lines,
+            earned=dict(q.earned),
+            already={0: 1},
+            units={1: 1},
+            programs=VISITS,
+            at=REFUND_AT,
+            stamps_reversed=reversed_before,
+        )
+
+    assert last_line(None).reversed_stamps == {"visits": 1}  # the stamp goes with the last
+    assert last_line({"visits": 1}).reversed_stamps == {}  # already gone with line 0
