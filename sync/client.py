@@ -52,6 +52,12 @@ M = TypeVar("M", bound=BaseModel)
 # catching up after a weekend offline spends far less per event than in batches of 500
 # (10,000 events: ~0.75-0.83 s against ~0.9 s on the bench machine; bench/README.md).
 DEFAULT_BATCH = MAX_BATCH
+# ... and at most this many bytes of JSON each, well below the server's default body limit
+# (``pos-loyalty server --max-body``, 8 MiB): 1,000 ordinary events take ~0.6 MB, but sales
+# of big baskets (150 lines: ~18 KB each) would make a 1,000-event batch too large for any
+# server. A server with a lower limit answers 413; the till then halves its batches (down
+# to one event, which is refused by name if even it is too large).
+DEFAULT_BATCH_BYTES = 1024 * 1024
 # Batches on the wire at once: while the server stores one (its database work), the next is
 # sent, decoded and hash-checked (bench/README.md, "Sixth pass").
 PIPELINE = 2
@@ -133,15 +139,28 @@ def _refusal(response: httpx.Response) -> SyncFailed:
 
 
 def pair(
-    server_url: str, token: str, *, http: httpx.Client | None = None, timeout: float = 10.0
+    server_url: str,
+    token: str,
+    *,
+    terminal_id: str | None = None,
+    http: httpx.Client | None = None,
+    timeout: float = 10.0,
 ) -> Credentials:
-    """Exchange a one-time pairing token for this till's credentials."""
+    """Exchange a one-time pairing token for this till's credentials. ``terminal_id``: this
+    till's ``terminal.id``; the server refuses a token made for another terminal without
+    using it (``terminal_mismatch``), so the till can be fixed and paired with the same
+    token. (A server of an older release does not know the field: the request is sent
+    again without it, and the caller checks the answer's ``terminal_id``.)"""
     client = http or httpx.Client(timeout=timeout)
+    url = server_url.rstrip("/") + "/v1/sync/pair"
+    body: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "token": token}
+    if terminal_id is not None:
+        body["terminal_id"] = terminal_id
     try:
-        response = client.post(
-            server_url.rstrip("/") + "/v1/sync/pair",
-            json={"protocol": PROTOCOL_VERSION, "token": token},
-        )
+        response = client.post(url, json=body)
+        if terminal_id is not None and _older_server(response, "terminal_id"):
+            del body["terminal_id"]
+            response = client.post(url, json=body)
     except httpx.HTTPError as exc:
         raise SyncFailed(f"cannot reach {server_url}: {exc}", reachable=False) from None
     finally:
@@ -149,10 +168,25 @@ def pair(
             client.close()
     if response.status_code != 200:
         raise _refusal(response)
-    body = PairResponse.model_validate_json(response.content)
+    answer = PairResponse.model_validate_json(response.content)
     return Credentials(
-        server_url.rstrip("/"), body.terminal_id, body.merchant_id, body.store_id, body.credential
+        server_url.rstrip("/"),
+        answer.terminal_id,
+        answer.merchant_id,
+        answer.store_id,
+        answer.credential,
     )
+
+
+def _older_server(response: httpx.Response, field: str) -> bool:
+    """Whether ``response`` refuses ``field`` as unknown (a server of an older release)."""
+    if response.status_code != 422 or _code(response) != "invalid_request":
+        return False
+    try:
+        message = str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    return message.startswith(f"{field}:") and "xtra" in message
 
 
 class SyncClient:
@@ -166,6 +200,7 @@ class SyncClient:
         http: httpx.Client | None = None,
         timeout: float = 30.0,
         batch: int = DEFAULT_BATCH,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
         page: int = DEFAULT_PAGE,
         progress: Callable[[str, int], None] | None = None,
         programs: ProgramSink | None = None,
@@ -185,6 +220,8 @@ class SyncClient:
         self._own_http = http is None
         self.http = http or httpx.Client(timeout=timeout, verify=True)
         self.batch = batch
+        # Bytes per push body; halved on each 413 (kept for this client's life).
+        self.batch_bytes = batch_bytes
         self.page = page
         self.progress = progress
         self._headers = {"authorization": f"Bearer {credentials.credential}"}
@@ -208,39 +245,46 @@ class SyncClient:
         ``PIPELINE`` batches on the wire at once: while the server stores one, the next is
         sent, read and checked (the server takes a till's batches one at a time, in the
         order its row lock is granted, and refuses one that does not follow what it holds
-        with ``409 sequence_gap``, writing nothing). Answers are recorded in seq order."""
+        with ``409 sequence_gap``, writing nothing). Answers are recorded in seq order.
+        A batch is at most ``batch`` events and ``batch_bytes`` bytes; one the server finds
+        too large (413) is sent again in halves."""
         result = RoundResult()
-        # (batch, its answer to come, whether an earlier batch was on the wire when sent)
-        inflight: deque[tuple[list[StoredEvent], Future[httpx.Response], bool]] = deque()
+        # (batch, its body, its answer to come, whether an earlier batch was on the wire
+        # when sent)
+        inflight: deque[tuple[list[StoredEvent], bytes, Future[httpx.Response], bool]] = deque()
         after: int | None = None  # the last seq sent; None: read from the acknowledged seq
         ahead: list[StoredEvent] = []  # the full batch after ``after``, read while waiting
         while True:
             while len(inflight) < PIPELINE:
-                batch = ahead or self.replica.unsynced(self.batch, after=after)
+                batch = ahead or self._next_batch(after)
                 ahead = []
                 if not batch:
                     break
-                inflight.append((batch, _in_background(self._send, batch), bool(inflight)))
+                batch, body = self._encode(batch)
+                inflight.append((batch, body, _in_background(self._send, body), bool(inflight)))
                 after = batch[-1].seq
             if not inflight:
                 return result
             # Read the next batch while the server works, so that it goes out as soon as an
             # answer is recorded. Only a full one is kept: recording an answer may book
             # local-only events after the head, which a short read would leave behind.
-            following = self.replica.unsynced(self.batch, after=after)
+            following = self._next_batch(after)
             ahead = following if len(following) == self.batch else []
-            sent, answered, behind = inflight.popleft()
+            sent, body, answered, behind = inflight.popleft()
             # On an error (unreachable, refused, an answer cut) the round ends here; a batch
             # still on the wire is left to finish or fail on its own (its answer is not
             # recorded, and the next round sends it again: the server answers a resend as it
             # did the first time).
             response = answered.result()
-            if response.status_code == 409 and _code(response) == "sequence_gap":
-                for _, later, _ in inflight:  # they follow this one: refused too
+            too_large = response.status_code == 413
+            if too_large or (response.status_code == 409 and _code(response) == "sequence_gap"):
+                for _, _, later, _ in inflight:  # they follow this one: refused too
                     later.exception()
                 inflight.clear()
                 after, ahead = None, []  # send again from the acknowledged seq
-                if not behind:
+                if too_large:
+                    self._smaller_batches(sent, body, response)
+                elif not behind:
                     # Nothing of ours was before it on the wire: the server holds our chain
                     # only up to an earlier seq (it was restored from a backup). (When
                     # behind, it took the lock before the batch it follows.)
@@ -250,17 +294,59 @@ class SyncClient:
                 continue
             self._record(sent, response, result)
 
-    def _send(self, batch: list[StoredEvent]) -> httpx.Response:
-        # orjson: compact JSON (~10% fewer bytes to send and parse than with spaces),
-        # non-ASCII as UTF-8 rather than \u escapes (the same values once parsed), and
-        # several times faster than json.dumps for a 1,000-event batch.
-        body = orjson.dumps(
-            {
-                "protocol": PROTOCOL_VERSION,
-                "terminal_id": self.replica.terminal_id,
-                "events": [_wire(e) for e in batch],
-            }
+    def _next_batch(self, after: int | None) -> list[StoredEvent]:
+        return self.replica.unsynced(self.batch, after=after)
+
+    def _encode(self, batch: list[StoredEvent]) -> tuple[list[StoredEvent], bytes]:
+        """The push body for the longest head of ``batch`` (at least one event) within
+        ``batch_bytes``, and that head. orjson: compact JSON (~10% fewer bytes to send and
+        parse than with spaces), non-ASCII as UTF-8 rather than \\u escapes (the same values
+        once parsed), and several times faster than json.dumps for a 1,000-event batch."""
+        prefix = (
+            orjson.dumps({"protocol": PROTOCOL_VERSION, "terminal_id": self.replica.terminal_id})[
+                :-1
+            ]
+            + b',"events":['
         )
+        parts: list[bytes] = []
+        size = len(prefix) + 2
+        for e in batch:
+            part = orjson.dumps(_wire(e))
+            size += len(part) + (1 if parts else 0)
+            if parts and size > self.batch_bytes:
+                break
+            parts.append(part)
+        return batch[: len(parts)], prefix + b",".join(parts) + b"]}"
+
+    def _smaller_batches(
+        self, sent: list[StoredEvent], body: bytes, response: httpx.Response
+    ) -> None:
+        """The server refused ``body`` as too large (413): send batches of half its size
+        from now on; raise SyncFailed (``event_too_large``, naming it) when it held one
+        event only, which no batch size can get through."""
+        try:
+            limit = str(response.json()["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            limit = "its body limit"
+        if len(sent) == 1:
+            e = sent[0]
+            raise SyncFailed(
+                f"event {e.id} (seq {e.seq}, {e.kind}) takes {len(body)} bytes to send, "
+                f"more than the server accepts ({limit.rstrip('.')}): raise the server's "
+                "--max-body; the events after it wait",
+                reachable=True,
+                code="event_too_large",
+            )
+        self.batch_bytes = max(1, len(body) // 2)
+        log.warning(
+            "the server refused a push of %d events (%d bytes) as too large: sending at "
+            "most %d bytes per batch",
+            len(sent),
+            len(body),
+            self.batch_bytes,
+        )
+
+    def _send(self, body: bytes) -> httpx.Response:
         return self._request(
             "POST",
             "/v1/sync/push",
@@ -301,6 +387,8 @@ class SyncClient:
             bootstrap(self.replica, self.credentials, http=self.http)
         scope = scope_of(self.replica.ledger, self.region_only)
         total = Applied()
+        reset = False
+        head_checked = False
         while True:
             cursor = self.replica.state().cursor
             params: dict[str, Any] = {"limit": self.page}
@@ -309,9 +397,44 @@ class SyncClient:
             if cursor:
                 params["after"] = cursor
             response = self._request("GET", "/v1/sync/pull", params=params)
+            if response.status_code == 409 and _code(response) == "cursor_ahead" and not reset:
+                # The server was restored from a backup after we had pulled further: the
+                # positions after the backup's last one go to new events. Pull again from
+                # the start (or our snapshot): what we hold already is skipped by event id.
+                error = response.json()["error"]
+                start, moved = self.replica.reset_cursor(
+                    f"the server refused it: {error['message']}"
+                )
+                if not moved:  # our snapshot's own position: taken after the backup
+                    raise SyncFailed(
+                        f"server refused (cursor_ahead): this till was bootstrapped from the "
+                        f"server's snapshot {start}, which the server no longer holds "
+                        "(restored from an older backup): give the till a new ledger and "
+                        "bootstrap it again (docs/sync.md, Restoring the server)",
+                        reachable=True,
+                        code="cursor_ahead",
+                    )
+                log.warning(
+                    "pull cursor %s refused by the server (%s): pulling again from %s",
+                    cursor,
+                    error["message"],
+                    start or "the start",
+                )
+                reset = True
+                continue
             if response.status_code != 200:
                 raise _refusal(response)
             page = _answer(PullResponse, response)
+            if page.head is not None and not head_checked:
+                head_checked = True
+                if self.replica.server_behind(
+                    page.head.seq, "the server lost events it had acknowledged"
+                ):
+                    log.warning(
+                        "the server holds our chain only up to seq %d (restored from a "
+                        "backup?): pushing the events after it again",
+                        page.head.seq,
+                    )
             try:
                 applied = self._apply_page(page)
             except PulledEventRefused as exc:

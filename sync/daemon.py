@@ -195,7 +195,11 @@ class SyncWorker:
                     )
                 wait = self.interval
             except SyncFailed as exc:
-                if exc.reachable and exc.code in ("terminal_revoked", "invalid_credentials"):
+                if exc.reachable and exc.code in (
+                    "terminal_revoked",
+                    "invalid_credentials",
+                    "credentials_replaced",  # paired again (elsewhere): this copy is dead
+                ):
                     log.error("sync stopped: %s", exc)
                     self._stop.wait(self.backoff_cap)
                     continue

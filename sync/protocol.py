@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any
@@ -31,6 +32,10 @@ MAX_PAGE = 5000  # events per pull page
 MAX_SNAPSHOT_PAGE = 50_000  # customers per bootstrap page
 
 Hex32 = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
+# A terminal, store, merchant or region id: the rule of a till's ``terminal.id``
+# (``pos_loyalty.config.Ident``), so that every id the server registers is one a till can have.
+IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Ident = Annotated[StrictStr, Field(pattern=IDENT_PATTERN)]
 Text = Annotated[StrictStr, Field(max_length=128)]
 
 
@@ -252,6 +257,10 @@ class PullResponse(_Model):
     stubs: list[ChainStub] = []
     cursor: StrictStr  # opaque: pass it back as ``after``
     more: bool
+    # Additive: the head of the asking till's own chain as the server holds it. Behind what
+    # the till has acknowledged, the server lost events (restored from a backup): the till
+    # rewinds its acknowledged mark and pushes them again. None from an older server.
+    head: ChainHead | None = None
 
 
 class CustomerBalance(_Model):
@@ -328,6 +337,10 @@ class ProgramConfig(_Model):
 class PairRequest(_Model):
     protocol: StrictInt = PROTOCOL_VERSION
     token: Annotated[StrictStr, Field(min_length=16, max_length=128)]
+    # The till's own ``terminal.id`` (additive): the server refuses a token made for another
+    # terminal before using it (409 ``terminal_mismatch``). A till of an older release sends
+    # none; it still pairs, and checks the answer's ``terminal_id`` itself.
+    terminal_id: Ident | None = None
 
 
 class PairResponse(_Model):
@@ -343,13 +356,37 @@ class ErrorBody(_Model):
     message: StrictStr
 
 
-def make_cursor(merchant_id: str, server_seq: int) -> str:
-    return f"{merchant_id}:{server_seq}"
+def make_cursor(merchant_id: str, server_seq: int, tag: str | None = None) -> str:
+    """``<merchant>:<server_seq>``, with ``~<tag>`` when the server names the slot at that
+    position (``cursor_tag``)."""
+    return f"{merchant_id}:{server_seq}" + (f"~{tag}" if tag else "")
+
+
+_TAG = re.compile(r"[0-9a-f]{16}")
+
+
+def slot_tag(slot_hash: bytes) -> str:
+    """The tag of a pull cursor: the first 8 bytes of the chain hash of the slot at the
+    cursor's position, in hex. A server restored from a backup that has since given that
+    position to another event no longer matches it (``409 cursor_ahead``)."""
+    return slot_hash[:8].hex()
+
+
+def _split_tag(cursor: str) -> tuple[str, str | None]:
+    body, sep, tag = cursor.rpartition("~")
+    if sep and _TAG.fullmatch(tag):
+        return body, tag
+    return cursor, None
+
+
+def cursor_tag(cursor: str) -> str | None:
+    """The slot tag of a pull cursor (None: an untagged one, from an older server)."""
+    return _split_tag(cursor)[1]
 
 
 def parse_cursor(cursor: str) -> tuple[str, int]:
     """``(merchant_id, server_seq)``; ValueError when it is not a cursor."""
-    merchant, sep, seq = cursor.rpartition(":")
+    merchant, sep, seq = _split_tag(cursor)[0].rpartition(":")
     if not sep or not merchant or not seq.isdigit():
         raise ValueError(f"not a sync cursor: {cursor!r}")
     return merchant, int(seq)

@@ -7,8 +7,11 @@ imported inside ``run``.
   runs one round and exits 1 when the server cannot be reached or refuses.
 - ``server [--db URL] [--host H] [--port N]``: the central server (SQLite file in the data
   directory by default; ``postgresql+psycopg://...`` in production).
-- ``server token create --terminal ID [--merchant M --store S]``: a one-time pairing token.
+- ``server token create --terminal ID [--merchant M --store S]``: a one-time pairing token
+  (ids follow a till's ``terminal.id`` rule; any other is a usage error, exit 2).
 - ``server token revoke --terminal ID``: refuse a till from now on.
+- ``server stores set-region STORE REGION [--merchant M]`` (or ``--clear``): a store's
+  region, for its region-only tills (``token create --region`` sets it too).
 - ``server conflicts`` / ``server overdrafts``: what an operator must look at.
 - ``server terminals [--merchant M]``: every till, its status, the chain the server holds,
   when it was last heard from, and the program configuration version it runs (or refused).
@@ -23,10 +26,12 @@ imported inside ``run``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 COMMANDS = ("sync", "server", "pair")
@@ -78,8 +83,20 @@ def register(sub: Any) -> None:
     q.add_argument("--terminal", required=True)
     q.add_argument("--merchant", default="default")
     q.add_argument("--store", default="default")
+    q.add_argument(
+        "--region", help="set the store's region (for its region-only tills; see `stores`)"
+    )
     q = token_sub.add_parser("revoke", help="refuse a till's credentials from now on")
     q.add_argument("--terminal", required=True)
+    q = server_sub.add_parser("stores", help="stores and their regions")
+    stores_sub = q.add_subparsers(dest="stores_command", required=True, metavar="ACTION")
+    q = stores_sub.add_parser(
+        "set-region", help="set a store's region (needed by its region-only tills)"
+    )
+    q.add_argument("store", metavar="STORE")
+    q.add_argument("region", metavar="REGION", nargs="?", help="omit with --clear")
+    q.add_argument("--merchant", help="refuse the change unless the store is this merchant's")
+    q.add_argument("--clear", action="store_true", help="remove the store's region")
     q = server_sub.add_parser("programs", help="the program configuration sent to the tills")
     programs_sub = q.add_subparsers(dest="programs_command", required=True, metavar="ACTION")
     q = programs_sub.add_parser("set", help="check a [[programs]] file and publish it")
@@ -158,9 +175,40 @@ def _server_url(args: argparse.Namespace, settings: Any) -> str:
     return f"sqlite:///{settings.data_dir / 'server.sqlite'}"
 
 
-def _server(args: argparse.Namespace, settings: Any) -> int:
-    from sync.server.store import ServerDatabaseError, ServerStore, SyncError
+def _bad_ids(args: argparse.Namespace) -> str | None:
+    """Why an id given to a ``server`` command cannot be one (a usage error), else None."""
+    from sync.server.store import id_problem
 
+    ids: list[tuple[str, str | None]] = []
+    if args.server_command == "token":
+        ids.append(("terminal", args.terminal))
+        if args.token_command == "create":
+            ids += [("merchant", args.merchant), ("store", args.store), ("region", args.region)]
+    elif args.server_command == "stores":
+        ids += [("store", args.store), ("region", args.region), ("merchant", args.merchant)]
+    for what, value in ids:
+        problem = None if value is None else id_problem(what, value)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _server(args: argparse.Namespace, settings: Any) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from sync.server.store import (
+        ServerDatabaseError,
+        ServerStore,
+        SyncError,
+        database_trouble,
+        one_line,
+    )
+
+    problem = _bad_ids(args)
+    if problem is not None:
+        return _fail(problem, 2)
+    if args.server_command == "stores" and (args.region is None) != args.clear:
+        return _fail("give the store's REGION, or --clear to remove it (not both)", 2)
     try:
         store = ServerStore(_server_url(args, settings))
     except ServerDatabaseError as exc:
@@ -169,11 +217,21 @@ def _server(args: argparse.Namespace, settings: Any) -> int:
         if args.server_command == "token":
             if args.token_command == "create":
                 token = store.create_pairing_token(args.terminal, args.merchant, args.store)
+                if args.region is not None:
+                    store.set_region(args.store, args.region, args.merchant)
                 out: Any = {"terminal_id": args.terminal, "token": token}
                 return _emit(args, out, token)
             if not store.revoke(args.terminal):
                 return _fail(f"unknown terminal {args.terminal!r}")
             return _emit(args, {"revoked": args.terminal}, f"till {args.terminal} revoked")
+        if args.server_command == "stores":
+            before = store.set_region(args.store, args.region, args.merchant)
+            shown = args.region if args.region is not None else "none"
+            return _emit(
+                args,
+                {"store_id": args.store, "region": args.region, "previous": before},
+                f"store {args.store}: region {shown} (was {before or 'none'})",
+            )
         if args.server_command == "programs":
             return _programs(args, store)
         if args.server_command == "terminals":
@@ -209,6 +267,9 @@ def _server(args: argparse.Namespace, settings: Any) -> int:
         return _serve(args, store)
     except SyncError as exc:
         return _fail(f"{exc.code}: {exc.message}")
+    except DBAPIError as exc:
+        # One line, no traceback: the database refused or could not do it.
+        return _fail(f"server database: {database_trouble(exc) or one_line(exc)}")
     finally:
         store.close()
 
@@ -302,6 +363,9 @@ def _serve(args: argparse.Namespace, store: Any) -> int:
             "SQLite takes one writer at a time",
             2,
         )
+    busy = _cannot_listen(args.host, args.port)
+    if busy is not None:
+        return _fail(busy)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     workers = f", {args.workers} worker processes" if args.workers > 1 else ""
     print(
@@ -317,29 +381,66 @@ def _serve(args: argparse.Namespace, store: Any) -> int:
         os.environ[WORKER_ENV] = worker_options(
             store.engine.url.render_as_string(hide_password=False), args.max_body
         )
-        uvicorn.run(
-            "sync.server.workers:worker_app",
-            factory=True,
-            workers=args.workers,
-            host=args.host,
-            port=args.port,
-            access_log=False,
-            log_level="warning",
-        )
+        with _startup_failure(args):
+            uvicorn.run(
+                "sync.server.workers:worker_app",
+                factory=True,
+                workers=args.workers,
+                host=args.host,
+                port=args.port,
+                access_log=False,
+                log_level="warning",
+            )
         return 0
     app = create_server_app(store, max_body_bytes=args.max_body)
     # Everything loaded so far (modules, schemas, the app) lives as long as the process: out
     # of the cyclic collector's way, so that its full collections, which a busy ingest
     # triggers, do not walk it each time (bench/README.md, Sync).
     gc.freeze()
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        access_log=False,
-        log_level="warning",
-    )
+    with _startup_failure(args):
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            access_log=False,
+            log_level="warning",
+        )
     return 0
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the server could not listen on ``host:port`` (in use, not an address of this
+    machine, a privileged port), else None: tried here, as uvicorn will bind it, so that a
+    busy port is one line and exit 1 rather than uvicorn's log and its exit code 3."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        return f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}"
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind(address)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        hint = " (another server runs there? choose --port)" if exc.errno == 98 else ""
+        return f"cannot listen on {host}:{port}: {why}{hint}"
+    return None
+
+
+@contextlib.contextmanager
+def _startup_failure(args: argparse.Namespace) -> Iterator[None]:
+    """uvicorn exits 3 when it cannot start (the port taken between ``_cannot_listen`` and
+    its own bind): one line and exit 1 instead, as for any refusal."""
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            raise
+        _fail(f"the server could not start on {args.host}:{args.port} (see above)")
+        raise SystemExit(1) from None
 
 
 def _warm_snapshots(store: Any, every: float) -> None:
@@ -364,7 +465,7 @@ def _pair(args: argparse.Namespace, settings: Any) -> int:
     if not args.server.startswith(("http://", "https://")):
         return _fail("--server must be an http:// or https:// URL", 2)
     try:
-        creds = pair(args.server, args.token)
+        creds = pair(args.server, args.token, terminal_id=settings.terminal_id)
     except SyncFailed as exc:
         return _fail(str(exc))
     from sync.bootstrap import BootstrapRefused, check_empty

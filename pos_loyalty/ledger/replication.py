@@ -333,6 +333,61 @@ class Replica:
             if server_seq_head < state.acked_seq:
                 self._save_state(tx.conn, acked_seq=server_seq_head)
 
+    def server_behind(self, server_head_seq: int, message: str) -> bool:
+        """The server says it holds this till's chain only up to ``server_head_seq``: when
+        that is behind the acknowledged seq (it was restored from a backup and lost events
+        it had acknowledged), rewind to it, so that the events after it are pushed again,
+        and record it in ``sync_conflicts`` (reason ``server_behind``). Returns whether it
+        rewound. The caller holds the sync worker's lock (no push meanwhile)."""
+        with self.ledger.transaction() as tx:
+            acked = self._state(tx.conn).acked_seq
+            if server_head_seq >= acked:
+                return False
+            self._save_state(tx.conn, acked_seq=server_head_seq)
+            self._record_sync_event(
+                tx.conn,
+                server_head_seq,
+                "server_behind",
+                f"{message}: the server holds this till's chain up to seq {server_head_seq}, "
+                f"it had acknowledged up to {acked}; sending seq {server_head_seq + 1} on again",
+            )
+        return True
+
+    def reset_cursor(self, message: str) -> tuple[str | None, bool]:
+        """The server refused the pull cursor (``cursor_ahead``: it was restored from a
+        backup after this till had pulled further): pull again from the start, or from the
+        snapshot this till was bootstrapped from, and record it in ``sync_conflicts``
+        (reason ``cursor_ahead``). Events pulled again are skipped by id. Returns the new
+        cursor and whether it changed (not: the snapshot's own position was refused)."""
+        with self.ledger.transaction() as tx:
+            old = self._state(tx.conn).cursor
+            base = baseline(tx.conn)
+            cursor = base.cursor if base is not None else None
+            if old == cursor:
+                return cursor, False
+            self._save_state(tx.conn, cursor=cursor)
+            self._record_sync_event(
+                tx.conn,
+                0,
+                "cursor_ahead",
+                f"{message}: pull cursor {old} reset to {cursor or 'the start'}",
+            )
+        return cursor, True
+
+    def _record_sync_event(self, conn: Connection, seq: int, reason: str, message: str) -> None:
+        """A ``sync_conflicts`` row about the sync itself (no event of its own)."""
+        conn.execute(
+            insert(schema.sync_conflicts).values(
+                direction="pull",
+                event_id="",
+                terminal_id=self.terminal_id,
+                seq=seq,
+                reason=reason,
+                message=message[:2000],
+                recorded_at=_now(),
+            )
+        )
+
     def mark_pushed(self) -> None:
         with self.ledger.transaction() as tx:
             self._save_state(tx.conn, last_push_at=_now())

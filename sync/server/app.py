@@ -3,7 +3,8 @@
 Every refusal is ``{"error": {"code", "message"}}`` with a 4xx status and writes nothing.
 Tills authenticate with ``Authorization: Bearer <credential>`` (from ``pos-loyalty pair``).
 Bodies larger than ``max_body_bytes`` are refused (413) before they are parsed; each
-credential (or, before pairing, each client address) is rate limited (429).
+till (or, before pairing and for failed authentications, each client address) is rate
+limited (429).
 """
 
 from __future__ import annotations
@@ -57,24 +58,58 @@ _PUSH_SCHEMA = PushRequest.model_json_schema(
 
 
 class RateLimiter:
-    """Token buckets per key: ``rate`` requests per second, bursts of ``burst``."""
+    """Token buckets per key: ``rate`` requests per second, bursts of ``burst``.
 
-    def __init__(self, rate: float, burst: int) -> None:
+    Memory is bounded: a bucket idle long enough to be full again is the same as none and is
+    dropped (swept at most once a second), and beyond ``max_keys`` buckets the least recently
+    used go first (only keys that cannot be forged at will reach here in numbers: tills by
+    id once authenticated, client addresses otherwise)."""
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
         self.rate = rate
         self.burst = burst
+        self.max_keys = max_keys
+        # key -> (tokens, last use); kept in least-recently-used order
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
+        self._swept = time.monotonic()
+
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, last = self._buckets.pop(key, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - last) * self.rate)
 
     def allow(self, key: str) -> bool:
+        """Take a token from ``key``'s bucket; False (nothing taken) when it is empty."""
         now = time.monotonic()
         with self._lock:
-            tokens, last = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens < 1.0:
-                self._buckets[key] = (tokens, now)
-                return False
-            self._buckets[key] = (tokens - 1.0, now)
-            return True
+            tokens = self._tokens(key, now)
+            allowed = tokens >= 1.0
+            self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+            self._tidy(now)
+            return allowed
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _tidy(self, now: float) -> None:
+        if now - self._swept >= 1.0:
+            self._swept = now
+            full = float(self.burst)
+            for key in [
+                k
+                for k, (tokens, last) in self._buckets.items()
+                if tokens + (now - last) * self.rate >= full
+            ]:
+                del self._buckets[key]
+        while len(self._buckets) > self.max_keys:
+            del self._buckets[next(iter(self._buckets))]
+
+
+# Failed authentications (no, unknown or replaced credentials) per client address: a till
+# sends a wrong credential once a round at most, a prober many; beyond this they are
+# answered 429.
+AUTH_FAILURE_RATE = 1.0
+AUTH_FAILURE_BURST = 20
 
 
 # The answers any call may give besides its own, in the one error shape (also in place of
@@ -116,7 +151,8 @@ def create_server_app(
         version=str(PROTOCOL_VERSION),
         responses=ERROR_RESPONSES,
     )
-    limiter = RateLimiter(rate, burst)
+    limiter = RateLimiter(rate, burst)  # per till (by id) and per address before pairing
+    failures = RateLimiter(min(rate, AUTH_FAILURE_RATE), min(burst, AUTH_FAILURE_BURST))
 
     @app.exception_handler(SyncError)
     async def _sync(_: Request, exc: SyncError) -> JSONResponse:
@@ -152,13 +188,28 @@ def create_server_app(
         app.add_exception_handler(cls, _database)
 
     def till(request: Request) -> TillAuth:
+        # Buckets are keyed by what cannot be made up at will: the till's id once its
+        # credential is checked; failed authentications by the client's address. (A valid
+        # credential is served also from an address that also sends wrong ones: behind a
+        # TLS proxy every till shares its address.)
         header = request.headers.get("authorization", "")
         scheme, _, credential = header.partition(" ")
-        if scheme.lower() != "bearer" or not credential:
-            raise SyncError(401, "credentials_required", "Send Authorization: Bearer <credential>.")
-        if not limiter.allow(credential[-16:]):
+        try:
+            if scheme.lower() != "bearer" or not credential:
+                raise SyncError(
+                    401, "credentials_required", "Send Authorization: Bearer <credential>."
+                )
+            auth = store.authenticate(credential.strip())
+        except SyncError as exc:
+            client = request.client.host if request.client else "?"
+            if exc.status == 401 and not failures.allow("fail:" + client):
+                raise SyncError(
+                    429, "rate_limited", "Too many failed authentications; slow down."
+                ) from None
+            raise
+        if not limiter.allow("till:" + auth.terminal_id):
             raise SyncError(429, "rate_limited", "Too many requests; slow down.")
-        return store.authenticate(credential.strip())
+        return auth
 
     @app.get("/v1/sync/health", response_model=None)
     def health(request: Request) -> dict[str, Any] | JSONResponse:
@@ -176,7 +227,7 @@ def create_server_app(
         client = request.client.host if request.client else "?"
         if not limiter.allow("pair:" + client):
             raise SyncError(429, "rate_limited", "Too many pairing attempts; slow down.")
-        auth, credential = store.pair(body.token)
+        auth, credential = store.pair(body.token, body.terminal_id)
         return PairResponse(
             terminal_id=auth.terminal_id,
             merchant_id=auth.merchant_id,

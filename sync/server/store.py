@@ -85,6 +85,7 @@ from pos_loyalty.domain.ids import expiry_event_id
 from pos_loyalty.ledger.codec import GENESIS
 from pos_loyalty.ledger.replication import COUPON_REUSED, reconcile_id, reconcile_postings
 from sync.protocol import (
+    IDENT_PATTERN,
     PROTOCOL_VERSION,
     ChainHead,
     ChainStub,
@@ -96,8 +97,10 @@ from sync.protocol import (
     SnapshotPage,
     Status,
     WireEvent,
+    cursor_tag,
     make_cursor,
     parse_cursor,
+    slot_tag,
 )
 
 from . import schema
@@ -248,6 +251,12 @@ def _first_words(exc: BaseException) -> str:
     return " ".join(str(orig).split())
 
 
+def one_line(exc: BaseException) -> str:
+    """A database error for an operator: the driver's class and message on one line."""
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return f"{type(orig).__name__}: {_first_words(exc)}"
+
+
 def database_errors() -> tuple[type[Exception], ...]:
     """The exception classes a database failure can arrive as: SQLAlchemy's wrappers (and
     its pool's timeout, all connections stuck during an outage), and the drivers' own
@@ -295,6 +304,24 @@ def database_trouble(exc: BaseException) -> str | None:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return _first_words(exc)
     return None
+
+
+def id_problem(what: str, value: str) -> str | None:
+    """Why ``value`` cannot be a terminal, merchant, store or region id (None: it can): the
+    rule of a till's ``terminal.id`` (``pos_loyalty.config.Ident``)."""
+    if re.fullmatch(IDENT_PATTERN.strip("^$"), value):
+        return None
+    return (
+        f"{what} {value!r} is not an id: 1 to 64 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit"
+    )
+
+
+def _check_ids(**ids: str | None) -> None:
+    for what, value in ids.items():
+        problem = None if value is None else id_problem(what, value)
+        if problem is not None:
+            raise SyncError(422, "invalid_id", problem)
 
 
 class ServerStore:
@@ -356,7 +383,10 @@ class ServerStore:
     def ensure_terminal(
         self, terminal_id: str, merchant_id: str, store_id: str, region: str | None = None
     ) -> None:
-        """Create the merchant, store and terminal if missing (a terminal never moves)."""
+        """Create the merchant, store and terminal if missing (a terminal never moves).
+        ``region``: a new store's region (an existing store's is set by ``set_region``).
+        Ids follow a till's ``terminal.id`` rule (else 422 ``invalid_id``, nothing written)."""
+        _check_ids(terminal=terminal_id, merchant=merchant_id, store=store_id, region=region)
         with self.engine.begin() as conn:
             if (
                 conn.execute(
@@ -401,6 +431,30 @@ class ServerStore:
                     f"terminal {terminal_id} belongs to {term.merchant_id}/{term.store_id}",
                 )
 
+    def set_region(
+        self, store_id: str, region: str | None, merchant_id: str | None = None
+    ) -> str | None:
+        """Set (or, with None, clear) a store's region, for its region-only tills
+        (``[sync] region_only``); returns the region it had. ``merchant_id``: refuse a store
+        of another merchant. 404 ``unknown_store`` when there is no such store."""
+        _check_ids(store=store_id, region=region)
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(schema.stores).where(schema.stores.c.id == store_id).with_for_update()
+            ).first()
+            if row is None:
+                raise SyncError(404, "unknown_store", f"there is no store {store_id}")
+            if merchant_id is not None and row.merchant_id != merchant_id:
+                raise SyncError(
+                    409,
+                    "store_of_other_merchant",
+                    f"store {store_id} belongs to merchant {row.merchant_id}, not {merchant_id}",
+                )
+            conn.execute(
+                update(schema.stores).where(schema.stores.c.id == store_id).values(region=region)
+            )
+        return None if row.region is None else str(row.region)
+
     def create_pairing_token(
         self, terminal_id: str, merchant_id: str = "default", store_id: str = "default"
     ) -> str:
@@ -423,8 +477,14 @@ class ServerStore:
             )
         return secret
 
-    def pair(self, secret: str) -> tuple[TillAuth, str]:
-        """Exchange a pairing secret (once) for the till's bearer credential."""
+    def pair(self, secret: str, terminal_id: str | None = None) -> tuple[TillAuth, str]:
+        """Exchange a pairing secret (once) for the till's bearer credential.
+
+        ``terminal_id``: the id the till has (its ``terminal.id``); a token made for another
+        terminal is refused (409 ``terminal_mismatch``) before it is used, so the till can
+        fix its configuration and pair with the same token. (A till of an older release
+        sends none and checks the answer itself.) A successful pairing revokes the
+        terminal's earlier till credentials: only the newest one works."""
         digest = token_hash(secret)
         with self.engine.begin() as conn:
             row = conn.execute(
@@ -434,11 +494,30 @@ class ServerStore:
                 raise SyncError(401, "invalid_token", "That pairing token is not valid.")
             if row.used_at is not None:
                 raise SyncError(401, "token_used", "That pairing token was already used.")
+            if terminal_id is not None and terminal_id != row.terminal_id:
+                raise SyncError(
+                    409,
+                    "terminal_mismatch",
+                    f"That pairing token is for terminal {row.terminal_id}, but this till is "
+                    f"{terminal_id}: set terminal.id = {row.terminal_id!r} in the till's "
+                    "configuration (or create a token for this till); the token was not used.",
+                )
             auth = self._terminal_auth(conn, row.terminal_id)
             conn.execute(
                 update(schema.tokens)
                 .where(schema.tokens.c.token_hash == digest)
                 .values(used_at=now_iso())
+            )
+            # Pairing again replaces the till's credential (a lost or leaked one, a till
+            # rebuilt): the earlier ones stop working; the terminal stays active.
+            conn.execute(
+                update(schema.tokens)
+                .where(
+                    schema.tokens.c.terminal_id == row.terminal_id,
+                    schema.tokens.c.kind == "till",
+                    schema.tokens.c.revoked_at.is_(None),
+                )
+                .values(revoked_at=now_iso())
             )
             credential = "till_" + secrets.token_urlsafe(32)
             conn.execute(
@@ -466,9 +545,14 @@ class ServerStore:
             ).first()
             if row is None or row.kind != "till":
                 raise SyncError(401, "invalid_credentials", "Unknown till credentials.")
+            auth = self._terminal_auth(conn, row.terminal_id)  # 403 for a revoked till
             if row.revoked_at is not None:
-                raise SyncError(403, "terminal_revoked", "These till credentials were revoked.")
-            auth = self._terminal_auth(conn, row.terminal_id)
+                # The till is active: this credential was replaced by a later pairing.
+                raise SyncError(
+                    401,
+                    "credentials_replaced",
+                    "These till credentials were replaced when the till was paired again.",
+                )
             conn.rollback()
         return auth
 
@@ -1347,7 +1431,15 @@ class ServerStore:
 
     def pull(self, auth: TillAuth, after: str | None, limit: int, scope: str = ALL) -> PullResponse:
         """Slots after ``after`` (other tills' events; stubs for slots not served). With
-        ``scope=region`` the events of customers from other regions are stubs too."""
+        ``scope=region`` the events of customers from other regions are stubs too. The
+        answer carries the head of the asking till's own chain (``PullResponse.head``).
+
+        The cursor answered names the slot at its position (``slot_tag``). A cursor past
+        the merchant's last position, or whose position holds another slot than the one it
+        names, is refused with 409 ``cursor_ahead`` (and the server's last position as
+        ``cursor``): the server was restored from a backup after the till had pulled
+        further, and the positions after the backup's last one are given to new events,
+        which a till pulling "after" its old cursor would never see."""
         m = auth.merchant_id
         position = 0
         if after:
@@ -1359,6 +1451,33 @@ class ServerStore:
                 raise SyncError(403, "foreign_cursor", "That cursor belongs to another merchant.")
         e, c = schema.events, schema.chain
         with self._consistent() as conn:
+            last = conn.execute(
+                select(schema.merchants.c.last_seq).where(schema.merchants.c.id == m)
+            ).scalar_one()
+            tag = cursor_tag(after) if after else None
+            if position > last or (
+                tag is not None and position > 0 and self._slot_tag(conn, m, position) != tag
+            ):
+                held = (
+                    f"positions only up to {last}"
+                    if position > last
+                    else f"another slot at position {position}"
+                )
+                raise SyncError(
+                    409,
+                    "cursor_ahead",
+                    f"the server holds {held} (restored from a backup?): this cursor is from "
+                    "another history; pull again from a position both hold (events pulled "
+                    "again are skipped).",
+                    cursor=make_cursor(m, int(last)),
+                )
+            own = conn.execute(
+                select(
+                    schema.terminals.c.epoch,
+                    schema.terminals.c.head_seq,
+                    schema.terminals.c.head_hash,
+                ).where(schema.terminals.c.id == auth.terminal_id)
+            ).one()
             # The next ``limit`` slots: accepted ones are ``events`` rows, the others
             # ``chain`` rows (s0005), read in one snapshot (a batch committing between the
             # two reads would otherwise leave a gap behind the cursor), merged by position.
@@ -1405,10 +1524,28 @@ class ServerStore:
                         hash=bytes(s.hash).hex(),
                     )
                 )
-        end = slots[-1][0] if slots else position
+        if slots:
+            cursor = make_cursor(m, slots[-1][0], slot_tag(bytes(slots[-1][2].hash)))
+        else:
+            cursor = after or make_cursor(m, 0)
         return PullResponse(
-            events=events, stubs=stubs, cursor=make_cursor(m, end), more=len(slots) == limit
+            events=events,
+            stubs=stubs,
+            cursor=cursor,
+            more=len(slots) == limit,
+            head=ChainHead(epoch=own.epoch, seq=own.head_seq, hash=bytes(own.head_hash).hex()),
         )
+
+    @staticmethod
+    def _slot_tag(conn: Connection, merchant_id: str, position: int) -> str | None:
+        """The tag of the slot at ``position`` (an accepted event or another chain slot)."""
+        for t in (schema.events, schema.chain):
+            found = conn.execute(
+                select(t.c.hash).where(t.c.merchant_id == merchant_id, t.c.server_seq == position)
+            ).scalar_one_or_none()
+            if found is not None:
+                return slot_tag(bytes(found))
+        return None
 
     def bootstrap_page(
         self,

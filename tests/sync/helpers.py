@@ -57,7 +57,7 @@ def pair_till(
     http: httpx.Client | None = None,
 ) -> Credentials:
     token = store.create_pairing_token(till.terminal_id, merchant, store_id)
-    creds = pair(url, token, http=http)
+    creds = pair(url, token, terminal_id=till.terminal_id, http=http)
     till.replica.save_credentials(creds)
     return creds
 

@@ -17,10 +17,16 @@ from hypothesis import strategies as st
 from pos_loyalty.domain.events import Event, Kind, Posting, Unit
 from pos_loyalty.ledger.codec import canonical, chain_hash, payload_of
 from sync.protocol import (
+    PairRequest,
+    PullResponse,
     WireEvent,
     _fast_hash_ok,
     _loads_lossless,
     canonical_fast,
+    cursor_tag,
+    make_cursor,
+    parse_cursor,
+    slot_tag,
 )
 
 # Every code point, lone surrogates included (json.loads makes them from "\ud800").
@@ -181,3 +187,30 @@ def test_a_payload_with_more_than_postings_and_data_is_refused() -> None:
     wire = _wire(ev, b"\x04" * 32, payload=padded, digest=good.hash)
     assert not _fast_hash_ok(wire, _loads_lossless(padded))
     assert wire.checked_payload() is None
+
+
+def test_additive_fields_keep_older_peers_working() -> None:
+    """A till of an older release sends no ``terminal_id`` when pairing; an older server
+    answers a pull without ``head``: both still parse."""
+    assert (
+        PairRequest.model_validate({"protocol": 1, "token": "pair_" + "x" * 20}).terminal_id is None
+    )
+    with pytest.raises(ValueError):
+        PairRequest.model_validate({"token": "pair_" + "x" * 20, "terminal_id": "till 7"})
+    old = PullResponse.model_validate_json(
+        b'{"protocol":1,"events":[],"cursor":"m1:3","more":false}'
+    )
+    assert old.head is None
+
+
+def test_cursors_tagged_and_untagged() -> None:
+    tag = slot_tag(bytes(range(32)))
+    assert tag == "0001020304050607"
+    tagged = make_cursor("m1", 42, tag)
+    assert tagged == "m1:42~0001020304050607"
+    assert parse_cursor(tagged) == ("m1", 42) and cursor_tag(tagged) == tag
+    assert parse_cursor("m1:42") == ("m1", 42) and cursor_tag("m1:42") is None
+    assert parse_cursor("a:b:7") == ("a:b", 7)  # an older merchant id with a colon
+    for bad in ("m1", "m1:x", "m1:42~", "m1:42~zz", ":4"):
+        with pytest.raises(ValueError):
+            parse_cursor(bad)

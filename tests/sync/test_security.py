@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypedDict
@@ -13,7 +15,7 @@ from httpx import Response
 
 from pos_loyalty.ledger.store import Ledger
 from sync.client import _wire
-from sync.server.app import create_server_app
+from sync.server.app import RateLimiter, create_server_app
 from sync.server.store import ServerStore
 
 from .test_store_contract import append, credit
@@ -143,3 +145,38 @@ def test_rate_limit(store: ServerStore) -> None:
         headers = {"authorization": "Bearer whatever-credential"}
         codes = [c.get("/v1/sync/pull", headers=headers).status_code for _ in range(3)]
     assert codes == [401, 401, 429]
+
+
+def test_made_up_credentials_are_limited_by_address_not_by_credential(store: ServerStore) -> None:
+    """Buckets used to be keyed by the credential sent, before it was checked: a client
+    making one up per request was never limited and each one stayed in memory for good."""
+    app = create_server_app(store, rate=1.0, burst=2)
+    with TestClient(app) as c:
+        codes = [
+            c.get(
+                "/v1/sync/pull", headers={"authorization": f"Bearer {secrets.token_hex(16)}"}
+            ).status_code
+            for _ in range(300)
+        ]
+        # a burst of 2, then one a second
+        assert codes[:3] == [401, 401, 429] and codes.count(401) < 20
+        # A till with good credentials from the same address (behind one proxy) is served.
+        token = store.create_pairing_token("t1", "m1", "s1")
+        auth = {
+            "authorization": "Bearer "
+            + c.post("/v1/sync/pair", json={"token": token}).json()["credential"]
+        }
+        assert c.get("/v1/sync/pull", headers=auth).status_code == 200
+        assert c.get("/v1/sync/pull", headers=auth).status_code == 200
+        assert c.get("/v1/sync/pull", headers=auth).status_code == 429  # its own bucket
+
+
+def test_rate_limiter_memory_is_bounded() -> None:
+    limiter = RateLimiter(rate=1000.0, burst=5, max_keys=100)
+    for i in range(1000):
+        assert limiter.allow(f"k{i}")
+    assert len(limiter) == 100  # the least recently used went first
+    assert limiter.allow("k999") and limiter.allow("k0")
+    time.sleep(1.1)  # every bucket refilled: the same as none
+    limiter.allow("again")
+    assert len(limiter) == 1
