@@ -408,10 +408,19 @@ def test_revision_0008_adds_the_wallet_rows_of_a_ledger_written_before_it(
     s.ok(s.sale(card, [ln("pie", 1000)], at(3), redeem=[{"program": "points", "points": 20}]))
     payout = s.c.post(
         f"/v1/customers/{cid}/wallet/payout",
-        json={"program": "cashback", "amount": 200, "at": at(4)},
+        json={"program": "cashback", "amount": 200, "at": at(4), "request_id": "Q-1"},
     )
     assert payout.status_code == 200, payout.text
     path = tmp_path / "data0" / "ledger.sqlite"
+
+    def request_receipts() -> list[str]:
+        conn = sqlite3.connect(path)
+        try:
+            return [k for (k,) in conn.execute("SELECT key FROM receipts WHERE key LIKE 'pay%'")]
+        finally:
+            conn.close()
+
+    assert request_receipts() == ["payout:till-1:Q-1"]
 
     def redemptions() -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(path)
@@ -430,12 +439,14 @@ def test_revision_0008_adds_the_wallet_rows_of_a_ledger_written_before_it(
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "0007_stub_slots")
         assert sorted(r[4] for r in redemptions()) == [20, 50]
+        assert request_receipts() == []  # earlier revisions neither write nor rebuild them
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     finally:
         engine.dispose()
     assert redemptions() == written
+    assert request_receipts() == ["payout:till-1:Q-1"]
     verified(tmp_path, capsys)
 
 

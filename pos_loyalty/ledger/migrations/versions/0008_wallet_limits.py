@@ -4,7 +4,8 @@
 and a wallet payout now have a row too (``points`` 0 when none were redeemed), so the
 offline limits bound wallet money as they bound points (DESIGN invariant 8). Rows for the
 events already in the ledger are added here, exactly as ``projections.apply_side_tables``
-adds them (a sale only when its receipt is held here).
+adds them (a sale only when its receipt is held here). Downgrade also drops the receipts of
+request ids (payouts, adjustments, coupons issued by a till), which came with this revision.
 
 Revision ID: 0008_wallet_limits
 Revises: 0007_stub_slots
@@ -45,21 +46,39 @@ def upgrade() -> None:
 
     dicts = Dictionaries(loader=load)
     sale, payout = kind_key("sale.committed"), kind_key("wallet.paid_out")
-    receipted = {
-        bytes(event_id) if isinstance(event_id, bytes | memoryview) else event_id
-        for (event_id,) in raw.execute("SELECT event_id FROM receipts WHERE key LIKE 'sale:%'")
+    # Kinds that carry a request id (``projections.REQUEST_KEYS``): receipts per till.
+    requests = {
+        payout: "payout",
+        kind_key("account.adjusted"): "adjustment",
+        kind_key("coupon.issued"): "coupon-issue",
     }
     last = -1
     while rows := raw.execute(
         "SELECT pos, id, terminal_id, kind, at, customer_id, payload FROM events "
-        f"WHERE pos > ? AND kind IN (?, ?) ORDER BY pos LIMIT {BATCH}",
-        (last, sale, payout),
+        f"WHERE pos > ? AND kind IN (?, ?, ?, ?) ORDER BY pos LIMIT {BATCH}",
+        (last, sale, *requests),
     ).fetchall():
         last = rows[-1][0]
         for _, event_id, terminal_id, kind, at, customer_id, payload in rows:
-            if kind == sale and event_id not in receipted:
+            body = json.loads(decode_payload(payload, dicts))
+            request_id = body["d"].get("request_id") if kind in requests else None
+            if request_id:  # none before this revision; back after a downgrade
+                raw.execute(
+                    "INSERT OR IGNORE INTO receipts (key, event_id, refunded, response) "
+                    "VALUES (?, ?, '{}', ?)",
+                    (f"{requests[kind]}:{terminal_id}:{request_id}", event_id, b""),
+                )
+            if kind not in (sale, payout):
                 continue
-            postings = json.loads(decode_payload(payload, dicts))["p"]
+            if kind == sale:
+                # Only a sale whose receipt is held here (by key: the primary key).
+                held = raw.execute(
+                    "SELECT event_id FROM receipts WHERE key = ?",
+                    (f"sale:{body['d'].get('receipt_id')}",),
+                ).fetchone()
+                if held is None or held[0] != event_id:
+                    continue
+            postings = body["p"]
             wallet = -sum(
                 int(p["delta"]) for p in postings if p["unit"] == "money" and int(p["delta"]) < 0
             )
@@ -85,3 +104,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DELETE FROM redemptions WHERE points = 0")
     op.drop_column("redemptions", "wallet")
+    # Receipts of request ids (payouts, adjustments, coupons issued), which the code of
+    # earlier revisions neither writes nor rebuilds.
+    op.execute(
+        "DELETE FROM receipts WHERE key LIKE 'payout:%' OR key LIKE 'adjustment:%' "
+        "OR key LIKE 'coupon-issue:%'"
+    )
