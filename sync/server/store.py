@@ -160,9 +160,13 @@ def is_derived_expiry(ev: WireEvent) -> bool:
     return isinstance(lot, str) and ev.id == expiry_event_id(lot)
 
 
+_COUPON_USERS = (Kind.SALE_COMMITTED.value, Kind.REFUND_COMMITTED.value)
+
+
 def coupon_serials(kind: str, payload: str) -> list[str]:
-    """The single-use coupons a sale redeemed (``uses`` keys ``coupon:<serial>``)."""
-    if kind != Kind.SALE_COMMITTED.value or '"coupon:' not in payload:
+    """The single-use coupons a sale redeemed, or a full refund withdrew (the reward coupon
+    its sale issued, still unused at that till): ``uses`` keys ``coupon:<serial>``."""
+    if kind not in _COUPON_USERS or '"coupon:' not in payload:
         return []  # (the substring test keeps ingest from decoding every sale twice)
     try:
         uses = json.loads(payload)["d"].get("uses") or {}
@@ -1090,9 +1094,14 @@ class ServerStore:
                 continue
             if winner["event_id"] == r["id"]:
                 continue
+            this = (
+                "this withdrawal by a refund"
+                if r["kind"] == Kind.REFUND_COMMITTED.value
+                else "this redemption"
+            )
             message = (
-                f"coupon {serial} was already redeemed by event {winner['event_id']} at till "
-                f"{winner['terminal_id']}; this redemption (event {r['id']} at till "
+                f"coupon {serial} was already used by event {winner['event_id']} at till "
+                f"{winner['terminal_id']}; {this} (event {r['id']} at till "
                 f"{r['terminal_id']}, customer {r['customer_id']}) is kept and counted, "
                 "for an operator to settle."
             )

@@ -135,3 +135,55 @@ def test_flag_survives_a_lost_answer(
     assert [c["reason"] for c in b.replica.conflicts()] == ["coupon_reused"]
     assert len(store.conflicts("m1")) == 1
     assert store.count("coupon_uses") == 1
+
+
+def test_a_reward_coupon_withdrawn_by_a_refund_and_used_offline_elsewhere_is_listed(
+    store: ServerStore,
+    live_server: LiveServer,
+    make_till: Callable[..., Till],
+    tmp_path: Path,
+) -> None:
+    """A full refund at till A withdraws the reward coupon its sale issued; till B, offline
+    and not knowing the refund, accepts that coupon. Both stand (they happened) and the
+    server lists the second use as ``coupon_reused`` against the refund, as it does for two
+    redemptions; every till counts the coupon used."""
+    import dataclasses
+
+    from pos_loyalty.domain.programs import CouponProgram
+    from pos_loyalty.service import RefundRequest
+
+    key = tmp_path / "chain-coupon.key"
+    base = make_till("till-0", coupon_key_file=key).service.settings.programs
+    programs = dataclasses.replace(
+        base,
+        programs=tuple(
+            dataclasses.replace(p, reward_min_spend=5000) if isinstance(p, CouponProgram) else p
+            for p in base.programs
+        ),
+    )
+    a = make_till("till-a", coupon_key_file=key, programs=programs)
+    b = make_till("till-b", coupon_key_file=key, programs=programs)
+    for till in (a, b):
+        pair_till(store, till, live_server.url)
+    card = a.service.enrol(Profile(name="Eve"))["card"]["code"]
+    big = Basket((BasketLine("tv", 1, 6000, "electronics"),))
+    sale = a.service.commit(SaleRequest(big, card, "A-1", None, {"r": "A-1"}))
+    code = next(i["code"] for i in sale["issued"] if i["kind"] == "coupon")
+    sync_round(a)
+    sync_round(b)  # b knows the customer and the coupon
+
+    back = a.service.refund(RefundRequest("F-1", "A-1", None, None, {"f": "F-1"}))
+    assert len(back["withdrawn"]["coupons"]) == 1
+    used_b = coupon_sale(b.service, card, "B-1", code)  # b is offline: unused there
+    assert used_b["total"] == 250
+    sync_round(a)
+    assert sync_round(b).conflicts == 1
+    sync_round(a)
+    listed = [c for c in store.conflicts("m1") if c["reason"] == "coupon_reused"]
+    assert [(c["event_id"], c["terminal_id"]) for c in listed] == [
+        (sale_event_id(b, "B-1"), "till-b")
+    ]
+    assert listed[0]["other_terminal_id"] == "till-a"
+    for till in (a, b):
+        assert verify(till.service.ledger).ok, verify(till.service.ledger).problems
+        assert code not in json.dumps(till.service.lookup(card))
