@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -16,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from pos_loyalty.config import ConfigError, Settings, load_settings
-from pos_loyalty.domain.basket import Basket, BasketLine, Redemption, WalletPayment
+from pos_loyalty.domain.basket import BasketLine, Redemption, WalletPayment
 from pos_loyalty.domain.errors import DomainError
 from pos_loyalty.domain.money import format_minor
 from pos_loyalty.domain.refund import RefundRequestLine
 from pos_loyalty.ledger.store import FILE_CHECK_EVERY, LedgerError
-from pos_loyalty.service import Profile, RefundRequest, SaleRequest, Service
+from pos_loyalty.service import Profile, RefundRequest, Service
 
 
 class UsageError(Exception):
@@ -65,6 +66,29 @@ def _redeem(spec: str) -> Redemption:
     if not program or not _digits(points) or int(points) < 1:
         raise UsageError(f"--redeem {spec!r}: expected PROGRAM:POINTS, e.g. points:200")
     return Redemption(program, int(points))
+
+
+def _wallet(spec: str) -> WalletPayment:
+    program, _, amount = spec.partition(":")
+    if not program or not _digits(amount) or int(amount) < 1:
+        raise UsageError(
+            f"--wallet {spec!r}: expected PROGRAM:AMOUNT in minor units, e.g. cashback:150"
+        )
+    return WalletPayment(program, int(amount))
+
+
+def _validated(model: Any, body: dict[str, Any]) -> Any:
+    """``body`` checked by the plugin API's model of the same request: the command line
+    accepts what the API accepts (lengths, patterns, counts), and a request sent both ways
+    is the same request (the same hash for a retry)."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise UsageError(f"{where}: {first.get('msg', 'is invalid')}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +199,14 @@ READER_COMMANDS = frozenset({"terminal", "devices", "init"})
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    def fail(code: str, text: str, status: int, message: str | None = None) -> int:
+        # With --json the refusal is JSON on stdout too (a script reads one stream).
+        if args.json:
+            print(json.dumps({"error": {"code": code, "message": message or text}}))
+        print(f"pos-loyalty: {text}", file=sys.stderr)
+        return status
+
     try:
         settings = load_settings(args.config, data_dir=args.data_dir)
         if args.command in READER_COMMANDS:
@@ -183,19 +215,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_readers(settings)
         return run(args, settings)
     except ConfigError as exc:
-        print(f"pos-loyalty: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return fail("configuration_error", f"configuration error: {exc}", 2)
     except UsageError as exc:
-        print(f"pos-loyalty: {exc}", file=sys.stderr)
-        return 2
+        return fail("usage_error", str(exc), 2)
     except DomainError as exc:
-        if args.json:
-            print(json.dumps({"error": {"code": exc.code, "message": exc.message}}))
-        print(f"pos-loyalty: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
+        return fail(exc.code, f"{exc.code}: {exc.message}", 1, exc.message)
     except LedgerError as exc:
-        print(f"pos-loyalty: ledger error: {exc}", file=sys.stderr)
-        return 1
+        return fail("ledger_error", f"ledger error: {exc}", 1)
+    except BrokenPipeError:
+        # The reader of our output went away (``| head``): what was done is done; no
+        # traceback, and no second error while Python flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # a file the command was asked to write or read
+        where = f" {exc.filename}" if exc.filename else ""
+        return fail("os_error", f"cannot use{where}: {exc.strerror or exc}", 1)
     except KeyboardInterrupt:
         return 130
 
@@ -226,7 +261,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def dispatch(args: argparse.Namespace, service: Service) -> Any:
     cmd = args.command
     if cmd == "enrol":
-        profile = Profile(args.name, args.email, args.phone, {"marketing": bool(args.marketing)})
+        from pos_loyalty.api import EnrolIn
+
+        checked = _validated(
+            EnrolIn,
+            {
+                "name": args.name,
+                "email": args.email,
+                "phone": args.phone,
+                "consents": {"marketing": bool(args.marketing)},
+            },
+        )
+        profile = Profile(checked.name, checked.email, checked.phone, dict(checked.consents))
         return service.enrol(profile, _at(args.at), card_code=args.card)
     if cmd == "card":
         if args.card_command == "show":
@@ -237,23 +283,27 @@ def dispatch(args: argparse.Namespace, service: Service) -> Any:
             return service.block_card(args.code, args.reason)
         return service.replace_card(args.code, args.reason)
     if cmd == "sale":
-        basket = Basket(
-            tuple(_line(s) for s in args.line),
-            tuple(args.codes),
-            tuple(_redeem(s) for s in args.redeem),
-            tuple(args.flags),
-            tuple(WalletPayment(r.program, r.points) for r in map(_redeem, args.wallet)),
-        )
-        raw = {
+        from pos_loyalty.api import BasketIn, sale_request
+
+        _at(args.at)  # a bad --at is a usage error (exit 2), as everywhere on the command line
+        body = {
+            "receipt_id": args.receipt,
             "card": args.card,
-            "lines": args.line,
-            "redeem": args.redeem,
-            "codes": args.codes,
             "at": args.at,
-            **({"flags": args.flags} if args.flags else {}),
-            **({"wallet": args.wallet} if args.wallet else {}),
+            "lines": [
+                {"sku": ln.sku, "category": ln.category, "qty": ln.qty, "unit_price": ln.unit_price}
+                for ln in map(_line, args.line)
+            ],
+            "codes": list(args.codes),
+            "redeem": [
+                {"program": r.program, "points": r.points} for r in map(_redeem, args.redeem)
+            ],
+            "flags": list(args.flags),
+            "wallet": [
+                {"program": w.program, "amount": w.amount} for w in map(_wallet, args.wallet)
+            ],
         }
-        request = SaleRequest(basket, args.card, args.receipt, _at(args.at), raw)
+        request = sale_request(_validated(BasketIn, body))
         if args.quote:
             return service.quote(request)
         if not args.receipt:
@@ -268,10 +318,25 @@ def dispatch(args: argparse.Namespace, service: Service) -> Any:
                 if not sku or not _digits(qty) or not 1 <= int(qty) <= 10_000:
                     raise UsageError(f"--line {spec!r}: expected SKU:QTY")
                 lines.append(RefundRequestLine(sku, int(qty)))
-        raw = {"receipt_id": args.receipt_id, "lines": args.line, "at": args.at}
+        from pos_loyalty.api import RefundIn
+
+        refund = _validated(
+            RefundIn,
+            {
+                "refund_id": args.refund_id,
+                "receipt_id": args.receipt_id,
+                "lines": [{"sku": ln.sku, "qty": ln.qty} for ln in lines] if lines else None,
+                "full": not lines,
+                "at": args.at,
+            },
+        )
         return service.refund(
             RefundRequest(
-                args.refund_id, args.receipt_id, tuple(lines) if lines else None, _at(args.at), raw
+                args.refund_id,
+                args.receipt_id,
+                tuple(lines) if lines else None,
+                _at(args.at),
+                refund.model_dump(mode="json"),
             )
         )
     if cmd == "adjust":
@@ -332,16 +397,23 @@ def run_agent(args: argparse.Namespace, settings: Settings) -> int:
     from pos_loyalty.api import create_app
     from pos_loyalty.bootstrap import open_service, start_embedded_sync
     from pos_loyalty.demo import seed_demo
+    from pos_loyalty.listen import cannot_listen
 
+    host = args.host or settings.api_host
+    port = args.port if args.port is not None else settings.api_port
+    if not 0 <= port <= 65535:
+        raise UsageError("--port must be between 0 and 65535")
+    # Before anything is opened, seeded or printed as started (a terminal or another agent
+    # holding the port): one line, exit 1.
+    busy = cannot_listen(host, port)
+    if busy:
+        print(f"pos-loyalty: {busy}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     service = open_service(settings)
     embedded = start_embedded_sync(service)
-    host = args.host or settings.api_host
-    port = args.port if args.port is not None else settings.api_port
-    if not 0 <= port <= 65535:
-        raise UsageError("--port must be between 0 and 65535")
     if args.demo:
         codes = seed_demo(service)
         print("demo cards: " + ", ".join(codes), flush=True)
@@ -361,6 +433,11 @@ def run_agent(args: argparse.Namespace, settings: Settings) -> int:
             access_log=False,
             log_level="warning",
         )
+    except SystemExit as exc:  # uvicorn could not start after all (the port taken since)
+        if exc.code in (0, None):
+            raise
+        print(f"pos-loyalty: the agent could not start on {host}:{port}", file=sys.stderr)
+        return 1
     finally:
         embedded.stop()
     return 0

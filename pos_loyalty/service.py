@@ -210,9 +210,16 @@ class Service:
     def _keys(self) -> tuple[coupons.Signer, tuple[coupons.Verifier, ...]]:
         """This till's signing key (created on first use) and every trusted public key."""
         if self._signer is None or self._verifiers is None:
-            from pos_loyalty.signing import Ed25519Verifier, load_or_create_signer
+            from pos_loyalty.signing import (
+                Ed25519Verifier,
+                SigningKeyError,
+                load_or_create_signer,
+            )
 
-            signer = load_or_create_signer(self.settings.coupon_key_file)
+            try:
+                signer = load_or_create_signer(self.settings.coupon_key_file)
+            except SigningKeyError as exc:
+                raise DomainError("coupon_key_unusable", str(exc)) from None
             trusted = tuple(Ed25519Verifier.from_hex(k) for k in self.settings.coupon_trusted_keys)
             self._signer, self._verifiers = signer, (signer.verifier(), *trusted)
         return self._signer, self._verifiers

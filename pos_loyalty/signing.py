@@ -48,10 +48,31 @@ class Ed25519Verifier:
         return True
 
 
+class SigningKeyError(ValueError):
+    """The till's coupon signing key file cannot be used (named, with what is wrong)."""
+
+
+def _read_signer(path: Path) -> Ed25519Signer:
+    raw = path.read_bytes()
+    if len(raw) != 32:
+        raise SigningKeyError(
+            f"the coupon signing key {path} is not a raw 32-byte Ed25519 seed ({len(raw)} "
+            "bytes): restore it from the backup of the data folder, or move it away so that "
+            "a new one is made (coupons signed with the old key then need its public key in "
+            "[coupons] trusted_keys)"
+        )
+    return Ed25519Signer(Ed25519PrivateKey.from_private_bytes(raw))
+
+
 def load_or_create_signer(path: Path) -> Ed25519Signer:
-    """The till's signing key at ``path`` (raw 32-byte seed), created if missing."""
+    """The till's signing key at ``path`` (raw 32-byte seed), created if missing.
+
+    Created whole or not at all: the seed is written and synced under a temporary name, then
+    linked to ``path``, which fails if another process made it first (that one is used).
+    A file left empty by a crash of an earlier release is refused by name
+    (``SigningKeyError``), not read as a key."""
     if path.exists():
-        return Ed25519Signer(Ed25519PrivateKey.from_private_bytes(path.read_bytes()))
+        return _read_signer(path)
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
     seed = key.private_bytes(
@@ -59,7 +80,17 @@ def load_or_create_signer(path: Path) -> Ed25519Signer:
         serialization.PrivateFormat.Raw,
         serialization.NoEncryption(),
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(seed)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(seed)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return _read_signer(path)  # another process made it first: theirs counts
+    finally:
+        tmp.unlink(missing_ok=True)
     return Ed25519Signer(key)

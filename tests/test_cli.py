@@ -356,3 +356,88 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# -- from a bug hunt of the command line (2026-12-06) -------------------------------------
+
+
+def test_the_agent_on_a_busy_port_is_one_line_and_touches_nothing(run: Cli) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = run.refused(1, "agent", "--demo", "--port", str(port))
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+    assert not run.data_dir.exists()  # no ledger made, no demo customers seeded
+
+
+def test_a_file_that_cannot_be_written_is_one_line(run: Cli, tmp_path: Path) -> None:
+    line = run.refused(1, "card", "qr", "PL0000000000018", "--png", "/nonexistent/card.png")
+    assert "/nonexistent/card.png" in line
+    (tmp_path / "afile").write_text("")
+    argv = ["--data-dir", str(tmp_path / "afile"), "init"]
+    code = cli.main(argv)
+    _, err = run.capsys.readouterr()
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_json_errors_are_json_on_stdout(run: Cli, tmp_path: Path) -> None:
+    code, out, err = run.run("--config", str(tmp_path / "missing.toml"), "init", json_out=True)
+    assert code == 2 and json.loads(out)["error"]["code"] == "configuration_error"
+    code, out, err = run.run("history", "nobody", "--limit", "0", json_out=True)
+    assert code == 2 and json.loads(out)["error"]["code"] == "usage_error"
+
+
+def test_cards_keygen_never_overwrites_its_own_private_key(run: Cli, tmp_path: Path) -> None:
+    same = tmp_path / "shop.pem"
+    line = run.refused(1, "cards", "keygen", "--out", str(same), "--public", str(same))
+    assert "both be" in line and not same.exists()
+    line = run.refused(1, "cards", "keygen", "--out", str(tmp_path / "signing.pub"))
+    assert "both be" in line
+    half = tmp_path / "k4.pem"
+    run.refused(1, "cards", "keygen", "--out", str(half), "--public", "/nonexistent/k4.pub")
+    assert not half.exists()  # no half-made pair: the retry starts clean
+    assert run.run("cards", "keygen", "--out", str(half))[0] == 0
+
+
+def test_a_sale_sent_by_the_api_and_the_command_line_is_one_request(run: Cli) -> None:
+    """The two adapters hashed different shapes: the same basket was a receipt_conflict."""
+    from fastapi.testclient import TestClient
+
+    from pos_loyalty.api import create_app
+    from pos_loyalty.bootstrap import open_service
+    from pos_loyalty.config import load_settings
+
+    card = run.ok("enrol", "--name", "Ada")["card"]["code"]
+    service = open_service(load_settings(None, data_dir=run.data_dir))
+    try:
+        body = {
+            "receipt_id": "X-1",
+            "card": card,
+            "lines": [{"sku": "espresso", "category": "coffee", "qty": 1, "unit_price": 320}],
+        }
+        first = TestClient(create_app(service)).post("/v1/baskets/commit", json=body)
+        assert first.status_code == 200, first.text
+    finally:
+        service.ledger.close()
+    again = run.ok("sale", "--receipt", "X-1", "--card", card, "--line", "espresso:coffee:1:320")
+    assert again == first.json()
+
+
+def test_the_command_line_refuses_what_the_api_refuses(run: Cli) -> None:
+    assert "email" in run.refused(2, "enrol", "--email", "not-an-email")
+    assert "name" in run.refused(2, "enrol", "--name", "x" * 201)
+    assert "sku" in run.refused(2, "sale", "--quote", "--line", "s" * 65 + ":c:1:100")
+    assert "--wallet" in run.refused(2, "sale", "--quote", "--line", "a:b:1:100", "--wallet", "w:x")
+
+
+def test_a_closed_output_pipe_is_no_traceback(tmp_path: Path) -> None:
+    script = (
+        f"{sys.executable} -m pos_loyalty.cli --data-dir {tmp_path / 'd'} "
+        "sale --receipt BP-1 --line a:b:1:100 | true; echo ${PIPESTATUS[0]} >&2"
+    )
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "0"

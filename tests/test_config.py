@@ -501,3 +501,45 @@ def test_reader_settings_are_checked_by_the_commands_that_open_readers(
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+MEMBER_GOLD = """
+[[programs]]
+id = "gold-muffin"
+kind = "member_offer"
+label = "Gold price"
+skus = ["muffin"]
+price = 250
+tiers = ["{tier}"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            embedded_default_text() + MEMBER_GOLD.format(tier="Gold"),
+            "gold-muffin: tiers ['Gold'] are not tier levels (levels: bronze, gold, silver)",
+        ),
+        (
+            edited('downgrade = "never"', 'downgrade = "window"'),
+            'downgrade = "window" needs a rolling window',
+        ),
+        (
+            embedded_default_text()
+            + MEMBER_GOLD.format(tier="gold")
+            + "valid_from = 2025-02-01T00:00:00+00:00\n"
+            + "valid_until = 2025-01-01T00:00:00+00:00\n",
+            "gold-muffin: valid_from is after valid_until",
+        ),
+    ],
+    ids=["tier-name-typo", "window-downgrade-on-lifetime", "window-backwards"],
+)
+def test_a_program_that_could_never_apply_is_refused(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    """Each used to load and silently switch its program off (a gold customer paid the list
+    price; a tier was never re-evaluated; a promotion never ran)."""
+    err = load_error(tmp_path, text)
+    assert err.key == "programs"
+    assert problem in err.problem

@@ -446,14 +446,22 @@ def _keygen(args: argparse.Namespace) -> int:
     from drivers import cards
 
     public = args.public or args.out.with_suffix(".pub")
+    if public.absolute() == args.out.absolute() or public.resolve() == args.out.resolve():
+        raise _Refused(
+            f"the private and the public key would both be {public}: give --public another file"
+        )
     for path in (args.out, public):
         if path.exists():
             raise _Refused(f"{path} already exists: not overwriting a key")
     key = cards.generate_key()
     try:
         cards.save_private_key(key, args.out)
+    except OSError as exc:
+        raise _Refused(f"cannot write the key: {exc.strerror or type(exc).__name__}") from None
+    try:
         cards.save_public_key(key.public_key(), public)
     except OSError as exc:
+        args.out.unlink(missing_ok=True)  # no half-made pair: a retry starts clean
         raise _Refused(f"cannot write the key: {exc.strerror or type(exc).__name__}") from None
     kid = cards.key_id(key.public_key())
     if _json(args):

@@ -34,6 +34,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from pos_loyalty.listen import cannot_listen
+
 COMMANDS = ("sync", "server", "pair")
 
 SERVER_DB_ENV = "POS_LOYALTY_SERVER_DB"
@@ -363,7 +365,7 @@ def _serve(args: argparse.Namespace, store: Any) -> int:
             "SQLite takes one writer at a time",
             2,
         )
-    busy = _cannot_listen(args.host, args.port)
+    busy = cannot_listen(args.host, args.port)
     if busy is not None:
         return _fail(busy)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -408,31 +410,9 @@ def _serve(args: argparse.Namespace, store: Any) -> int:
     return 0
 
 
-def _cannot_listen(host: str, port: int) -> str | None:
-    """Why the server could not listen on ``host:port`` (in use, not an address of this
-    machine, a privileged port), else None: tried here, as uvicorn will bind it, so that a
-    busy port is one line and exit 1 rather than uvicorn's log and its exit code 3."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError) as exc:
-        return f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}"
-    family, kind, proto, _, address = infos[0]
-    try:
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-            sock.bind(address)
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        hint = " (another server runs there? choose --port)" if exc.errno == 98 else ""
-        return f"cannot listen on {host}:{port}: {why}{hint}"
-    return None
-
-
 @contextlib.contextmanager
 def _startup_failure(args: argparse.Namespace) -> Iterator[None]:
-    """uvicorn exits 3 when it cannot start (the port taken between ``_cannot_listen`` and
+    """uvicorn exits 3 when it cannot start (the port taken between ``cannot_listen`` and
     its own bind): one line and exit 1 instead, as for any refusal."""
     try:
         yield

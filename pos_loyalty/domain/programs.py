@@ -469,6 +469,21 @@ class ProgramSet:
             for a, b in zip(tiers.levels, tiers.levels[1:], strict=False):
                 if b.threshold <= a.threshold:
                     found.append(f"{tiers.id}: level thresholds must go up")
+            if tiers.downgrade is Downgrade.WINDOW and not tiers.window_days:
+                found.append(
+                    f'{tiers.id}: downgrade = "window" needs a rolling window '
+                    "(window_days above 0); with lifetime spend a tier is never re-evaluated"
+                )
+        level_names = {level.name for t in self.of(TierProgram) for level in t.levels}
+        for scoped in self.programs:
+            scope = getattr(scoped, "scope", None)
+            if (
+                isinstance(scope, Scope)
+                and scope.valid_from is not None
+                and scope.valid_until is not None
+                and scope.valid_from > scope.valid_until
+            ):
+                found.append(f"{scoped.id}: valid_from is after valid_until: it would never run")
         codes: set[str] = set()
         for promo in self.of(PromoCodeProgram):
             if promo.code.upper() in codes:
@@ -482,6 +497,10 @@ class ProgramSet:
         for offer in self.of(MemberOfferProgram):
             if (offer.price is None) == (offer.percent_bp == 0):
                 found.append(f"{offer.id}: give exactly one of price and percent_bp")
+            unknown = sorted(offer.tiers - level_names)
+            if unknown:
+                known = ", ".join(sorted(level_names)) or "none: no tiers program"
+                found.append(f"{offer.id}: tiers {unknown} are not tier levels (levels: {known})")
         for combo in self.of(ComboProgram):
             if len(combo.components) < 2:
                 found.append(f"{combo.id}: a bundle needs at least two components")
