@@ -288,26 +288,21 @@ def request_key(kind: Kind, terminal_id: str, request_id: str) -> str:
     return f"{REQUEST_KEYS[kind]}:{terminal_id}:{request_id}"
 
 
-def apply_uses(conn: Connection, event: Event) -> None:
+def apply_shared(conn: Connection, event: Event) -> None:
     """The use counters an event adds (promo codes, coupons redeemed or withdrawn, gift
-    vouchers). Counted for every event, also one whose other side tables are not taken here
-    (``side_table_problem``: its receipt id taken, its sale not held on a bootstrapped till):
-    what it used is used on every till, or a coupon withdrawn by a refund stays usable where
-    that refund's sale is unknown."""
+    vouchers) and the coupons it issued: taken from every event, also one whose other side
+    tables are not taken here (``side_table_problem``: its receipt id taken by another
+    till's sale, its sale not held on a bootstrapped till). What it used is used on every
+    till, and a coupon it issued is valid on every till: otherwise a coupon withdrawn by a
+    refund stays usable, and a reward coupon is unknown, where that receipt is not kept."""
+    data = event.data
     raw = raw_connection(conn)
-    for key, count in sorted(event.data.get("uses", {}).items()):
+    for key, count in sorted(data.get("uses", {}).items()):
         if not count:
             continue
         updated = raw.execute(_ADD_USAGE, (int(count), key))
         if updated.rowcount == 0:
             raw.execute(_INSERT_USAGE, (key, int(count)))
-
-
-def _apply_catalog(conn: Connection, event: Event) -> None:
-    """Usage counters, issued coupons and referral codes that follow from ``event``."""
-    data = event.data
-    raw = raw_connection(conn)
-    apply_uses(conn, event)
     for coupon in data.get("coupons", ()):
         raw.execute(
             _INSERT_COUPON,
@@ -320,8 +315,15 @@ def _apply_catalog(conn: Connection, event: Event) -> None:
                 coupon["expires_at"],
             ),
         )
-    if event.kind is Kind.CUSTOMER_ENROLLED and data.get("referral_code"):
-        raw.execute(_INSERT_REFERRAL, (data["referral_code"], event.customer_id))
+
+
+def _apply_catalog(conn: Connection, event: Event) -> None:
+    """Usage counters, issued coupons and referral codes that follow from ``event``."""
+    apply_shared(conn, event)
+    if event.kind is Kind.CUSTOMER_ENROLLED and event.data.get("referral_code"):
+        raw_connection(conn).execute(
+            _INSERT_REFERRAL, (event.data["referral_code"], event.customer_id)
+        )
 
 
 def side_table_problem(conn: Connection, event: Event) -> tuple[str, str] | None:
@@ -393,7 +395,7 @@ def rebuild_into(
         if side_table_problem(conn, event) is None:
             apply_side_tables(conn, event)
         else:
-            apply_uses(conn, event)
+            apply_shared(conn, event)
         if event.customer_id is not None and event.postings:
             state = states.pop(event.customer_id, None)
             if state is None:

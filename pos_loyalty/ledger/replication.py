@@ -51,8 +51,8 @@ from .codec import (
     kind_text,
 )
 from .projections import (
+    apply_shared,
     apply_side_tables,
-    apply_uses,
     load_state,
     side_table_problem,
     store_state,
@@ -484,7 +484,7 @@ class Replica:
                 if problem is None:
                     apply_side_tables(conn, event)
                 else:
-                    apply_uses(conn, event)
+                    apply_shared(conn, event)
                     self._conflict(
                         conn,
                         "pull",

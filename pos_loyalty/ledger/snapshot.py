@@ -227,7 +227,7 @@ class SnapshotFold:
         if not self._problem(kind, customer_id, data):
             self._side_tables(terminal_id, kind, when.isoformat(), customer_id, data)
         else:
-            self._uses(data)  # ``projections.apply_uses``: counted whatever the problem
+            self._shared(customer_id, when.isoformat(), data)  # ``projections.apply_shared``
         postings = payload["p"]
         if customer_id is not None and postings:
             state = self.states.get(customer_id)
@@ -260,22 +260,12 @@ class SnapshotFold:
             return customer_id in self.customers
         return False
 
-    def _uses(self, data: Mapping[str, Any]) -> None:
+    def _shared(self, customer_id: str | None, at: str, data: Mapping[str, Any]) -> None:
+        """Use counters and issued coupons: taken from every event, whatever its problem."""
         uses = data.get("uses")
         for key, count in sorted(uses.items()) if uses else ():
             if count:
                 self.usage[key] = self.usage.get(key, 0) + int(count)
-
-    def _side_tables(
-        self,
-        terminal_id: str,
-        kind: str,
-        at: str,
-        customer_id: str | None,
-        data: Mapping[str, Any],
-    ) -> None:
-        """``projections.apply_side_tables`` (receipts kept as keys only)."""
-        self._uses(data)
         for coupon in data.get("coupons") or ():
             serial = coupon["serial"]
             if serial not in self.coupons:
@@ -289,6 +279,17 @@ class SnapshotFold:
                 if customer_id is not None:
                     self._coupons_of.setdefault(customer_id, []).append(serial)
                     self.ids.add(customer_id)
+
+    def _side_tables(
+        self,
+        terminal_id: str,
+        kind: str,
+        at: str,
+        customer_id: str | None,
+        data: Mapping[str, Any],
+    ) -> None:
+        """``projections.apply_side_tables`` (receipts kept as keys only)."""
+        self._shared(customer_id, at, data)
         if kind == _ENROLLED:
             cid = str(customer_id)
             code = data.get("referral_code")
