@@ -49,12 +49,12 @@ def big_sales(till: Till, n: int, lines: int = 150) -> None:
 class Recorder:
     """A till's sync client whose push bodies (size, answer) are recorded as they go."""
 
-    def __init__(self, till: Till) -> None:
+    def __init__(self, till: Till, batch_bytes: int = DEFAULT_BATCH_BYTES) -> None:
         self.pushes: list[tuple[int, int]] = []  # (body bytes, status)
         creds = till.replica.credentials()
         assert creds is not None
         self.http = httpx.Client(timeout=30, event_hooks={"response": [self._record]})
-        self.client = SyncClient(till.replica, creds, http=self.http)
+        self.client = SyncClient(till.replica, creds, http=self.http, batch_bytes=batch_bytes)
 
     def _record(self, response: httpx.Response) -> None:
         if response.request.url.path == "/v1/sync/push":
@@ -73,15 +73,18 @@ def test_batches_stay_below_the_byte_cap(
     store: ServerStore, limited: Callable[[int], LiveServer], make_till: Callable[..., Till]
 ) -> None:
     """Big baskets: 1,000 events would be ~18 MB. A server whose limit is the till's cap
-    never has to refuse a batch."""
-    srv = limited(DEFAULT_BATCH_BYTES)
+    never has to refuse a batch (a cap of 1 MiB here, the default's quarter, to keep the
+    ledger small)."""
+    assert DEFAULT_BATCH_BYTES <= 8 * 1024 * 1024 // 2  # half the server's default limit
+    cap = 1024 * 1024
+    srv = limited(cap)
     till = make_till("till-1")
     pair_till(store, till, srv.url)
     big_sales(till, 130)  # ~2.4 MB
-    sync = Recorder(till)
+    sync = Recorder(till, batch_bytes=cap)
     pushes = sync.round()
     sync.close()
-    assert len(pushes) >= 3 and max(size for size, _ in pushes) <= DEFAULT_BATCH_BYTES
+    assert len(pushes) >= 3 and max(size for size, _ in pushes) <= cap
     # (409: a pipelined batch that took the server's lock first, sent again: see
     # test_pipelined_push.py)
     assert 413 not in {status for _, status in pushes}
@@ -96,7 +99,7 @@ def test_a_batch_over_the_servers_limit_is_halved_until_it_fits(
     till = make_till("till-1")
     pair_till(store, till, srv.url)
     big_sales(till, 60)  # ~1.1 MB: the first batch is the full cap
-    sync = Recorder(till)
+    sync = Recorder(till, batch_bytes=1024 * 1024)
     try:
         pushes = sync.round()
         refused = [size for size, status in pushes if status == 413]
