@@ -161,6 +161,13 @@ def is_derived_expiry(ev: WireEvent) -> bool:
 
 
 _COUPON_USERS = (Kind.SALE_COMMITTED.value, Kind.REFUND_COMMITTED.value)
+# What a customer spends, by event kind: the units of the debits an offline till may have
+# taken below zero (points redeemed, wallet money paid at the till or paid out), which the
+# offline limits bound and the server flags (``overdrafts``).
+_SPENDING = {
+    Kind.SALE_COMMITTED.value: ("points", "money"),
+    Kind.WALLET_PAID_OUT.value: ("money",),
+}
 
 
 def coupon_serials(kind: str, payload: str) -> list[str]:
@@ -1242,27 +1249,26 @@ class ServerStore:
         customers fold one after the other (the second sees the first's committed balance)
         and never deadlock (every push takes its till's row, then balance rows in key order,
         then the merchant's row). SQLite has one writer at a time: it reads the balances and
-        writes the changed ones. Returns the ``overdrafts`` rows of the sales that took a
-        points balance below zero (the caller writes them).
+        writes the changed ones. Returns the ``overdrafts`` rows of the sales and payouts
+        that took a points or wallet balance below zero (the caller writes them).
 
-        One pass over the postings adds up the totals and notes, for each points debit of a
-        sale (the only postings that can be flagged), the running total of its balance in
-        this batch after it; the balance after that posting is then the balance before the
-        batch plus that running total."""
+        One pass over the postings adds up the totals and notes, for each debit a customer
+        spent (``_SPENDING``: the only postings that can be flagged), the running total of
+        its balance in this batch after it; the balance after that posting is then the
+        balance before the batch plus that running total."""
         totals: dict[tuple[str, str, str], int] = {}  # (customer, program, unit) -> delta
         debits: list[tuple[tuple[str, str, str], int, dict[str, Any]]] = []
-        sale = Kind.SALE_COMMITTED.value
         for r in rows:
             customer = r["customer_id"]
             if not customer:
                 continue
-            is_sale = r["kind"] == sale
+            spends = _SPENDING.get(r["kind"], ())
             for p in parsed[r["seq"]]["p"]:
                 key = (customer, p["program"], p["unit"])
                 delta = int(p["delta"])
                 running = totals.get(key, 0) + delta
                 totals[key] = running
-                if is_sale and delta < 0 and key[2] == "points":
+                if delta < 0 and key[2] in spends:
                     debits.append((key, running, r))
         if not totals:
             return []

@@ -18,8 +18,8 @@ syncs again. After each sync and after the bootstrap:
   codes (also the coupons of a sale whose receipt id collided: see the deterministic test);
 - ``verify`` passes on every till, nothing waits to be pushed, the server holds exactly the
   union of the tills' events (but the local-only events that book an expiry's difference);
-- overdrafts stay within the offline limits (points and wallet money), and every points
-  overdraft a sale made is flagged.
+- overdrafts stay within the offline limits (points and wallet money), and every overdraft
+  a spend made (points or wallet money, at a sale or a payout) is flagged.
 
 ``CONV_REWARDS_EXAMPLES`` sets the number of examples (default 8 per backend, for CI).
 """
@@ -358,9 +358,9 @@ SPENDS = {Kind.SALE_COMMITTED.value, Kind.WALLET_PAID_OUT.value}
 
 
 def overdraft_bounds(store: ServerStore) -> tuple[set[tuple[str, str]], list[str]]:
-    """Replays the server's events in server order: the (customer, points program) pairs a
-    sale's redemption took below zero, and every spend (points or wallet money, at a sale or
-    a payout) that went below what the offline limits allow. A spend another till could not
+    """Replays the server's events in server order: the (customer, program) pairs a spend
+    (points or wallet money, at a sale or a payout) took below zero, and every spend that
+    went below what the offline limits allow. A spend another till could not
     see is at most a day's per-card limit per till and day; debits that are no spend
     (refunds, adjustments, referrals taken back) can take a balance further down, so they
     are added to the bound."""
@@ -387,7 +387,7 @@ def overdraft_bounds(store: ServerStore) -> tuple[set[tuple[str, str]], list[str
             if row.kind not in SPENDS:
                 other_debits[key] = other_debits.get(key, 0) - delta
                 continue
-            if p["unit"] == "points" and row.kind == Kind.SALE_COMMITTED.value and balance[key] < 0:
+            if balance[key] < 0:  # a spend below zero: flagged, points or wallet money
                 overdrawn.add(key[:2])
             limit = (
                 LIMITS.points_per_card_per_day
