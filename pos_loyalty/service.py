@@ -834,35 +834,21 @@ class Service:
         start = at.replace(hour=0, minute=0, second=0, microsecond=0)
         lo, hi = start.isoformat(), (start + timedelta(days=1)).isoformat()
         limits = self.settings.offline
-        card_points, card_wallet = tx.spent_between(lo, hi, customer_id)
-        till_points, till_wallet = tx.spent_between(lo, hi)
-        if points:
-            allowed = max(
-                0,
-                min(
-                    limits.points_per_card_per_day - card_points,
-                    limits.points_per_terminal_per_day - till_points,
-                ),
-            )
-            if points > allowed:
+        card = tx.spent_between(lo, hi, customer_id)  # (points, wallet money)
+        till = tx.spent_between(lo, hi)
+        rows: tuple[tuple[int, int, int, int, Callable[[int], str], str], ...] = (
+            (points, limits.points_per_card_per_day, limits.points_per_terminal_per_day, 0,
+             str, "points can be redeemed"),
+            (wallet, limits.wallet_per_card_per_day, limits.wallet_per_terminal_per_day, 1,
+             format_minor, "can be paid from the wallet"),
+        )  # fmt: skip
+        for wanted, per_card, per_till, i, amount, what in rows:
+            allowed = max(0, min(per_card - card[i], per_till - till[i]))
+            if wanted > allowed:
                 raise DomainError(
                     "offline_limit_exceeded",
-                    f"The till is offline: at most {allowed} more points can be redeemed "
-                    "today on this card at this till.",
-                )
-        if wallet:
-            allowed = max(
-                0,
-                min(
-                    limits.wallet_per_card_per_day - card_wallet,
-                    limits.wallet_per_terminal_per_day - till_wallet,
-                ),
-            )
-            if wallet > allowed:
-                raise DomainError(
-                    "offline_limit_exceeded",
-                    f"The till is offline: at most {format_minor(allowed)} more can be paid "
-                    "from the wallet today on this card at this till.",
+                    f"The till is offline: at most {amount(allowed)} more {what} today on this "
+                    "card at this till.",
                 )
 
     def syncs(self, tx: Tx | None = None) -> bool:
