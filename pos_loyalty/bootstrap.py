@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pos_loyalty.config import Settings
-from pos_loyalty.ledger.store import Ledger
+from pos_loyalty.ledger.store import Ledger, LedgerError
 from pos_loyalty.service import Service
 from pos_loyalty.sync_status import read_status
 
@@ -107,7 +107,11 @@ def start_embedded_sync(service: Service) -> EmbeddedSync:
     from sync.daemon import AlreadyRunning, SyncWorker
 
     replica = Replica(service.ledger)
-    credentials = replica.credentials()
+    try:
+        credentials = replica.credentials()
+    except LedgerError as exc:  # the till still starts: every call will say why
+        note = f"sync not started: {exc}"
+        return EmbeddedSync(_offline_status(note), lambda: None, note)
     if credentials is None:
         note = (
             "not paired: run `pos-loyalty pair --server URL --token T`"

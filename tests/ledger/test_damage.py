@@ -294,3 +294,22 @@ def test_closing_the_ledger_ends_a_repeating_file_check(tmp_path: Path) -> None:
     service.ledger.close()
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_a_damaged_ledger_does_not_stop_the_till_from_starting(tmp_path: Path) -> None:
+    """The agent and terminal start their sync first: with the ledger refused, that says why
+    instead of raising (the till starts, and every call answers that the ledger is damaged)."""
+    from pos_loyalty.bootstrap import start_embedded_sync
+
+    path, _, _ = build(tmp_path)
+    damage(path, "receipts")
+    service: Service = open_service(tmp_path)
+    try:
+        service.ledger.start_file_check().join(timeout=60)
+        assert service.ledger.file_check.state == "damaged"
+        embedded = start_embedded_sync(service)
+        assert embedded.note.startswith("sync not started: ") and "damaged" in embedded.note
+        assert embedded.status()["online"] is False
+        embedded.stop()
+    finally:
+        service.ledger.close()
