@@ -450,6 +450,20 @@ def slowed(fn: F, seconds: float = 0.5) -> F:
     return cast(F, slow)
 
 
+async def escape_while_saving(pilot: Any, app: Any, form: type, waiting: str, result: type) -> None:
+    """F9 on ``form``, Esc while the slowed save runs: the form stays and says ``waiting``,
+    then ``result`` is shown once the save ends."""
+    await pilot.press("f9")
+    await pilot.pause(0.05)
+    await pilot.press("escape")
+    await pilot.pause(0.05)
+    assert isinstance(app.screen, form)
+    assert waiting in screen_text(app)
+    await pilot.pause(0.8)
+    await settle(pilot)
+    assert isinstance(app.screen, result), screen_text(app)
+
+
 async def test_esc_while_saving_a_sale_waits_for_the_summary(
     make_app: MakeApp, till: Service, codes: list[str]
 ) -> None:
@@ -463,15 +477,9 @@ async def test_esc_while_saving_a_sale_waits_for_the_summary(
         await type_text(pilot, "espresso coffee 3.20")
         await pilot.press("enter")
         await settle(pilot)
-        await pilot.press("f9")
-        await pilot.pause(0.05)
-        await pilot.press("escape")
-        await pilot.pause(0.05)
-        assert isinstance(app.screen, SaleScreen)
-        assert "Saving the sale... please wait." in screen_text(app)
-        await pilot.pause(0.8)
-        await settle(pilot)
-        assert isinstance(app.screen, SummaryScreen), screen_text(app)
+        await escape_while_saving(
+            pilot, app, SaleScreen, "Saving the sale... please wait.", SummaryScreen
+        )
     assert balance(till, codes[0], "coffee-card") == 1
 
 
@@ -481,15 +489,9 @@ async def test_esc_while_enrolling_waits_for_the_new_card(make_app: MakeApp, til
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("f2")
         await type_text(pilot, "Dora")
-        await pilot.press("f9")
-        await pilot.pause(0.05)
-        await pilot.press("escape")
-        await pilot.pause(0.05)
-        assert isinstance(app.screen, EnrolScreen)
-        assert "Enrolling... please wait." in screen_text(app)
-        await pilot.pause(0.8)
-        await settle(pilot)
-        assert isinstance(app.screen, EnrolledScreen), screen_text(app)
+        await escape_while_saving(
+            pilot, app, EnrolScreen, "Enrolling... please wait.", EnrolledScreen
+        )
         assert "Dora is enrolled" in screen_text(app)
 
 
@@ -524,15 +526,9 @@ async def test_esc_while_refunding_waits_for_the_result(
         await settle(pilot)
         await pilot.press("enter")
         await settle(pilot)
-        await pilot.press("f9")
-        await pilot.pause(0.05)
-        await pilot.press("escape")
-        await pilot.pause(0.05)
-        assert isinstance(app.screen, RefundScreen)
-        assert "Refunding... please wait." in screen_text(app)
-        await pilot.pause(0.8)
-        await settle(pilot)
-        assert isinstance(app.screen, RefundDoneScreen), screen_text(app)
+        await escape_while_saving(
+            pilot, app, RefundScreen, "Refunding... please wait.", RefundDoneScreen
+        )
 
 
 async def test_a_scan_on_the_refund_question_does_not_answer_it(
